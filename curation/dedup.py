@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 from curation import storage
 from curation.hashing import KeyResult, PhashMode, keys_many
 from curation.stage import SHARDS, ShardStats, StageDir, read_parquet, rejected_table
-from filters.dedup import DECISIONS_SCHEMA, KEYS_SCHEMA, DedupRules, int64_to_phash, phash_to_int64, text_key
+from filters.dedup import (
+    DECISIONS_SCHEMA,
+    KEYS_SCHEMA,
+    DedupRules,
+    int64_to_phash,
+    phash_to_int64,
+    text_key,
+)
 from schemas import HASH_LIST, UNIQUE, Reason
 
 STAGE = "dedup"
@@ -117,6 +124,10 @@ def keys_table(table: pa.Table, shard: int, results: list[KeyResult], reject_bla
             "pixels": pa.array((width * height)[rows]),
             "robust": pa.array(robust, pa.int64()),
             "blank": pa.array([results[i].blank is not None for i in rows], pa.bool_()),
+            "windows": pa.array(
+                [phash_to_int64(list(results[i].windows)).tolist() if results[i].windows else None for i in rows],
+                pa.list_(pa.int64()),
+            ),
         },
         schema=KEYS_SCHEMA,
     )

@@ -33,6 +33,11 @@ dihedral-invariant key of the EXIF-upright, alpha-composited image; both are in 
 near-uniform images share few distinct hashes (``jimagehash-White.jpg``'s pHash is 8000000000000000):
 the stage rejects them as ``blank_image`` before any of these steps, or with ``reject_blank`` off keeps
 them out of every step (``blank`` column), so they are never grouped with each other.
+
+**Crop windows** (``crop_windows``, robust key only): each row also carries the keys of twenty crop
+windows of its image (curation.hashing.WINDOW_SCALES). The near-duplicate step then links two rows
+when one's key is within k of the other's key *or of one of its window keys* (a cropped copy's key is
+close to the original's matching window); window keys are never compared with each other.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ KEYS = Table(
         Column("pixels", "int64", False, "original width * height, 0 when unknown"),
         Column("robust", "int64", True, "the robust dedup key (curation.hashing.keys_many), same encoding; null when blank"),
         Column("blank", "bool", True, "blank / low-information image kept (reject_blank off): never used as a dedup key"),
+        Column("windows", "list<int64>", True, "robust keys of the image's crop windows (curation.hashing); null when blank"),
     ),
 )
 KEY_COLUMNS = tuple(KEYS.names)
@@ -126,6 +132,7 @@ class DedupRules:
     reject_blank: bool = True  # blank / low-information images rejected as blank_image (else kept, never deduped)
     blank_std: float = 3.0  # blank: std of the alpha-composited 32x32 grayscale below this (0..255 scale)
     blank_min_alpha: float = 0.05  # blank: fewer than this fraction of the pixels visible (alpha > 0)
+    crop_windows: bool = True  # robust key: near duplicates also match crop windows (see module doc)
 
     def __post_init__(self) -> None:
         if self.key not in DEDUP_KEYS:
@@ -322,6 +329,31 @@ def blocklist_pairs(hashes: np.ndarray, blocked: np.ndarray, max_distance: int, 
     return candidate_pairs(both, max_distance, cross=True)
 
 
+def uses_windows(rules: DedupRules) -> bool:
+    return rules.key == "robust" and rules.crop_windows and rules.max_distance > 0
+
+
+def window_pairs(keys: np.ndarray, windows: list[list[int] | None], max_distance: int, bands: int = 0) -> pa.Table:
+    """PAIRS (a < b, both row keys; distance = the closest link) of rows whose keys are within
+    max_distance, or where one row's key is within max_distance of a window key of the other row
+    (``windows[i]`` belongs to ``keys[i]``)."""
+    owner: dict[int, set[int]] = {}
+    for key, wins in zip(np.asarray(keys, np.int64).tolist(), windows):
+        for w in [key, *(wins or [])]:
+            owner.setdefault(w, set()).add(key)
+    cross = blocklist_pairs(np.asarray(keys, np.int64), np.array(list(owner), np.int64), max_distance, bands)
+    edges: dict[tuple[int, int], int] = {}  # (a, b) -> the smallest distance that links them
+    for a, b, d in zip(*(cross.column(c).to_pylist() for c in ("a", "b", "distance"))):
+        for o in owner[b] - {a}:
+            edge = (min(a, o), max(a, o))
+            edges[edge] = min(d, edges.get(edge, d))
+    ordered = sorted(edges)
+    return pa.table(
+        {"a": [a for a, _ in ordered], "b": [b for _, b in ordered], "distance": [edges[e] for e in ordered]},
+        schema=PAIRS_SCHEMA,
+    )
+
+
 def components(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
     """Connected components of the edges (a[i], b[i]): node -> smallest node of its component."""
     from scipy.sparse import coo_matrix
@@ -409,11 +441,11 @@ def eval_matches(pairs: pa.Table, blocklist: pa.Table) -> pa.Table:
 
 def reject_matching(keys: pa.Table, matches: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Rows whose phash is in ``matches`` (MATCHES) become eval_set_match; the rest stay."""
-    joined = keys.join(matches, "phash", join_type="left outer")
-    hit = pc.is_valid(joined.column("detail"))
-    dropped = joined.filter(hit)
-    decided = with_decision(dropped, Reason.EVAL_SET_MATCH, dropped.column("detail"))
-    return joined.filter(pc.invert(hit)).select(list(KEY_COLUMNS)), decided
+    listed = matches.column("phash")  # one row per pHash (closest_matches)
+    hit = pc.is_in(keys.column("phash"), value_set=listed)
+    dropped = keys.filter(hit)
+    detail = pc.take(matches.column("detail"), pc.index_in(dropped.column("phash"), value_set=listed))
+    return keys.filter(pc.invert(hit)), with_decision(dropped, Reason.EVAL_SET_MATCH, detail)
 
 
 def without_blank(keys: pa.Table) -> pa.Table:
@@ -448,7 +480,11 @@ def decide(keys: pa.Table, rules: DedupRules, blocklist: pa.Table | None = None)
     keys, d = collapse_exact(keys, rules)
     dropped.append(d)
     if rules.max_distance > 0 and keys.num_rows:
-        pairs = near_pairs(keys.column("phash").to_numpy(), rules.max_distance, rules.bands)
+        hashes = keys.column("phash").to_numpy()
+        if uses_windows(rules):
+            pairs = window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
+        else:
+            pairs = near_pairs(hashes, rules.max_distance, rules.bands)
         label = components(pairs.column("a").to_numpy(), pairs.column("b").to_numpy())
         labels = [label.get(h, h) for h in keys.column("phash").to_pylist()]
         grouped = keys.append_column("component", pa.array(labels, pa.int64()))

@@ -171,6 +171,7 @@ def dedup(
     blocklist: Annotated[Optional[list[str]], typer.Option("--blocklist", "-b", help="hash-index output or HASH_LIST parquet of an evaluation set (repeat the option for several); default: the config's dedup.blocklist.")] = None,
     max_distance: Annotated[Optional[int], typer.Option("--max-distance", "-k", help="Hamming k for near duplicates and blocklist matches (0: near-dup off, exact blocklist match).")] = None,
     phash_mode: PhashModeOpt = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="dedup key of the duplicate and near-duplicate steps: phash (default) or robust (rotation/flip/EXIF/alpha/crop-invariant).")] = None,
     config: ConfigOpt = None,
     master: MasterOpt = None,
     s3_endpoint: EndpointOpt = None,
@@ -184,7 +185,7 @@ def dedup(
     _, stats = _run_job(
         "dedup", config, overrides, verbose,
         lambda spark, cfg: job.run(
-            spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode), blocklist, overwrite
+            spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode, key=key), blocklist, overwrite
         ),
     )
     _print_stats(stats)

@@ -38,6 +38,7 @@ from filters.dedup import (
     components,
     explode_bands,
     plan_bands,
+    uses_windows,
     with_decision,
 )
 from jobs.partitions import whole_partition
@@ -77,6 +78,19 @@ def banded_pairs(left: DataFrame, right: DataFrame | None, rules: DedupRules) ->
     info = {**plan.describe(), "hashes": n_left, "listed": n_right, "pairs": pairs.count()}
     log.info("dedup: banded join of %d hashes%s: %s", n_left, f" with {n_right} listed" if right is not None else "", info)
     return pairs, info
+
+
+def window_pairs(keys: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
+    """filters.dedup.window_pairs in Spark: the banded join of the row keys (left) against the row keys
+    and their window keys (right), each right hash mapped back to the row keys that own it."""
+    owners = keys.select(F.col("phash").alias("b"), F.col("phash").alias("owner")).unionByName(
+        keys.select(F.explode("windows").alias("b"), F.col("phash").alias("owner"))
+    )
+    pairs, info = banded_pairs(keys.select(F.col("phash").alias("hash")), owners.select(F.col("b").alias("hash")), rules)
+    linked = pairs.join(owners, "b").select("a", F.col("owner").alias("b"))
+    edges = _edges(linked, "a", "b").select(F.col("u").alias("a"), F.col("v").alias("b")).localCheckpoint()
+    info["pairs"] = edges.count()
+    return edges, info
 
 
 def _edges(df: DataFrame, p: str, q: str) -> DataFrame:
@@ -182,7 +196,10 @@ def decide(keys: DataFrame, rules: DedupRules, blocklist: DataFrame | None) -> t
         decided.append(_as_decisions(collapsed.where(F.col("reason").isNotNull())))
         keys = collapsed.where(F.col("reason").isNull()).select(*KEYS.names)
     if rules.max_distance > 0:
-        pairs, info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, rules)
+        if uses_windows(rules):
+            pairs, info["near_join"] = window_pairs(keys, rules)
+        else:
+            pairs, info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, rules)
         if info["near_join"]["pairs"] <= DRIVER_EDGES_LIMIT:
             labels, info["components_on"] = components_on_driver(pairs), "driver"
         else:

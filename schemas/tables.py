@@ -18,6 +18,7 @@ _ARROW_TYPES = {
     "float32": pa.float32(),
     "float64": pa.float64(),
     "bool": pa.bool_(),
+    "list<int64>": pa.list_(pa.int64()),
 }
 
 
@@ -32,6 +33,7 @@ def _spark_type(kind: str):
         "float32": T.FloatType(),
         "float64": T.DoubleType(),
         "bool": T.BooleanType(),
+        "list<int64>": T.ArrayType(T.LongType()),
     }[kind]
 
 

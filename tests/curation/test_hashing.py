@@ -10,6 +10,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from curation.hashing import (
+    WINDOW_PLACES,
+    WINDOW_SCALES,
     HashResult,
     KeyResult,
     PhashMode,
@@ -26,6 +28,7 @@ from curation.hashing import (
     resize_gray_32,
     robust_key,
     robust_keys_from_pixels,
+    window_keys_from_pixels,
 )
 from tests.conftest import shared
 
@@ -258,3 +261,41 @@ def test_robust_key_raises_on_undecodable_bytes_and_batches_keep_order():
     out = keys_many([good, None, b"junk", good])
     assert [r.phash is None for r in out] == [False, True, True, False]
     assert out[0] == out[3] and isinstance(out[1], KeyResult) and out[1].error
+
+
+def _crop(image: Image.Image, area: float, place: str) -> Image.Image:
+    """A crop removing ``area`` of the pixels, kept at a corner or the centre."""
+    w, h = image.size
+    cw, ch = round(w * (1 - area) ** 0.5), round(h * (1 - area) ** 0.5)
+    x = {"left": 0, "right": w - cw, "centre": (w - cw) // 2}[place.split("-")[-1]]
+    y = {"top": 0, "bottom": h - ch, "centre": (h - ch) // 2}[place.split("-")[0]]
+    return image.crop((x, y, x + cw, y + ch))
+
+
+def test_cropped_copies_match_a_window_of_the_original_where_the_full_keys_do_not():
+    """Crops of 5 % and 10 % of the area at each corner and the centre of four real photos (40 copies):
+    at least 90 % are within k of one of the original's window keys."""
+    places = ["top-left", "top-right", "bottom-left", "bottom-right", "centre-centre"]
+    via_windows = via_key = total = 0
+    for name in ["coco-val2017-000000397133.jpg", "skimage-coffee.png", "skimage-chelsea.png", "skimage-astronaut.png"]:
+        image = _small_photo(name, 320)
+        crops = [_encode(_crop(image, area, p), "JPEG", quality=90) for area in (0.05, 0.10) for p in places]
+        original, *copies = keys_many([_encode(image, "JPEG", quality=90), *crops])
+        assert len(original.windows) == len(WINDOW_SCALES) * len(WINDOW_PLACES)
+        via_windows += sum(min(hamming(c.key, w) for w in original.windows) <= ROBUST_K for c in copies)
+        via_key += sum(hamming(c.key, original.key) <= ROBUST_K for c in copies)
+        total += len(copies)
+    assert via_windows >= 0.9 * total, (via_windows, total)
+    assert via_key < 0.75 * total, (via_key, total)  # the full keys alone miss many crops
+
+
+def test_window_keys_are_the_same_set_for_every_orientation():
+    thumb = resize_gray_32(np.asarray(_small_photo("skimage-astronaut.png").convert("L")))
+    per_variant = window_keys_from_pixels(np.stack(_dihedral(thumb)))
+    assert all(set(w) == set(per_variant[0]) for w in per_variant)
+    assert window_keys_from_pixels(np.zeros((0, 32, 32), np.uint8)) == []
+
+
+def test_blank_images_have_no_window_keys():
+    white = _encode(Image.new("RGB", (200, 200), "white"), "PNG")
+    assert keys_many([white])[0].windows == ()

@@ -26,6 +26,7 @@ from filters.dedup import (
     phash_to_int64,
     plan_bands,
     text_key,
+    window_pairs,
 )
 from schemas import Reason
 from tests.conftest import shared
@@ -285,3 +286,19 @@ def test_robust_key_and_blank_options_are_validated():
         DedupRules(blank_min_alpha=2.0)
     with pytest.raises(DedupConfigError, match="blank"):
         DedupRules(blank_std=-1)
+
+
+def test_crop_windows_link_a_key_to_another_row_s_window_but_never_two_windows():
+    far = 0x5555_5555_5555_5555
+    rows = [
+        {"uid": "original", "phash": 1, "robust": 0, "pixels": 900, "windows": [far, 0x00FF_0000_0000_0000]},
+        {"uid": "crop", "phash": 2, "robust": far ^ 0b11, "pixels": 800, "windows": [0x7777]},  # 2 bits from a window
+        {"uid": "other", "phash": 3, "robust": -1, "pixels": 700, "windows": [0x00FF_0000_0000_0001]},  # window ~ window only
+    ]
+    rules = DedupRules(max_distance=NEAR_K, key="robust")
+    got = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), rules).to_pylist()}
+    assert got == {"crop": ("near_duplicate", "original")}
+    plain = DedupRules(max_distance=NEAR_K, key="robust", crop_windows=False)
+    assert decide(_keys(rows), plain).to_pylist() == []
+    pairs = window_pairs(np.array([0, far ^ 0b11, -1]), [r["windows"] for r in rows], NEAR_K)
+    assert pairs.to_pylist() == [{"a": 0, "b": far ^ 0b11, "distance": 2}]

@@ -14,9 +14,17 @@ from typer.testing import CliRunner
 
 from curation.config import Config, DedupOptions
 from curation.dedup import SettingsChangedError, final_shard
-from curation.hashing import phash
+from curation.hashing import hamming, phash
 from curation.stage import SHARDS, StageDir
-from filters.dedup import BLOCKLIST, KEYS, DedupRules, components, decide, phash_to_int64, text_key
+from filters.dedup import (
+    BLOCKLIST,
+    KEYS,
+    DedupRules,
+    components,
+    decide,
+    phash_to_int64,
+    text_key,
+)
 from jobs import dedup as job
 from jobs import dedup_decide, hash_index
 from jobs.cli import app
@@ -202,6 +210,8 @@ def test_cli_dedup_with_a_missing_input_is_a_clear_error(tmp_path):
     assert "nope" in result.output
     result = CliRunner().invoke(app, ["dedup", "--input", "x", "--output", "o", "--max-distance", "99"])
     assert result.exit_code == 2 and "max_distance" in result.output
+    result = CliRunner().invoke(app, ["dedup", "--input", "x", "--output", "o", "--key", "dhash"])
+    assert result.exit_code == 2 and "key must be one of ['phash', 'robust']" in result.output
 
 
 @pytest.mark.parametrize("command", ["dedup", "hash-index"])
@@ -214,7 +224,7 @@ def test_commands_have_help(command):
 
 
 def _robust_rows() -> list[dict]:
-    """A real photo, its mirrored and EXIF-rotated copies, two blank images, two different transparent
+    """A real photo, its mirrored, EXIF-rotated and corner-cropped (10 % of the area) copies, two blank images, two different transparent
     logos and one logo's white-background copy, as FETCHED rows."""
     import io
 
@@ -235,6 +245,7 @@ def _robust_rows() -> list[dict]:
         "photo": (encode(photo), 2),
         "photo-mirrored": (encode(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), 1),
         "photo-exif6": (encode(photo.transpose(Image.Transpose.ROTATE_90), exif=exif), 1),
+        "photo-cropped": (encode(photo.crop((0, 0, photo.width * 95 // 100, photo.height * 95 // 100))), 1),
         "blank-white": (shared("images", "odd", "jimagehash-White.jpg").read_bytes(), 1),
         "blank-black": (shared("images", "odd", "te-small.jpg").read_bytes(), 1),
         "logo-0": (logo0, 2),
@@ -260,7 +271,7 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
     stage = StageDir(str(tmp_path / "out"), "dedup")
     got = {r["uid"]: (r["reason"], r["detail"]) for r in stage.read("rejected").to_pylist()}
     assert {u: r for u, (r, _) in got.items() if r == "blank_image"} == {"blank-white": "blank_image", "blank-black": "blank_image"}
-    assert got["photo-mirrored"][1] == got["photo-exif6"][1] == "photo"
+    assert got["photo-mirrored"][1] == got["photo-exif6"][1] == got["photo-cropped"][1] == "photo"
     assert got["logo-0-on-white"] in {("duplicate_phash", "logo-0"), ("near_duplicate", "logo-0")}
     kept = {r["uid"]: r for r in stage.read().to_pylist()}
     assert set(kept) == {"photo", "logo-0", "logo-1"}
@@ -270,10 +281,13 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
 
     # the Spark decisions equal the pure ones on the same keys
     results = keys_many([r["image_bytes"] for r in rows])
+    crop, photo = results[[r["uid"] for r in rows].index("photo-cropped")], results[0]
+    assert hamming(crop.key, photo.key) > 4 >= min(hamming(crop.key, w) for w in photo.windows)  # a window match
     keys = KEYS.from_pylist(
         [
             {"shard": 0, "row": i, "uid": r["uid"], "phash": int(phash_to_int64([k.phash])[0]),
-             "robust": int(phash_to_int64([k.key])[0]), "text_key": text_key(r["text"]), "pixels": r["width"]}
+             "robust": int(phash_to_int64([k.key])[0]), "text_key": text_key(r["text"]), "pixels": r["width"],
+             "windows": phash_to_int64(list(k.windows)).tolist()}
             for i, (r, k) in enumerate(zip(rows, results)) if not k.blank
         ]
     )
