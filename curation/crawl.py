@@ -22,6 +22,7 @@ hands it every record it cannot be sure of (see "Fast path" below); ``bench/extr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import zlib
@@ -195,7 +196,9 @@ def _safe_uid(alt: str, url: str) -> str:
 
 def _parse_wat_json(data: bytes) -> tuple[dict | None, bool]:
     """Return (document, had_invalid_utf8). Invalid UTF-8 is decoded with replacement characters so
-    the good links of the record survive; links carrying U+FFFD are then rejected invalid_encoding."""
+    the good links of the record survive; links carrying U+FFFD are then rejected invalid_encoding.
+    A lone surrogate escape ("\\ud800"), which orjson refuses, is read by the standard library's
+    parser, so only the links that carry it are rejected (invalid_encoding), not the whole record."""
     try:
         return orjson.loads(data), False
     except orjson.JSONDecodeError:
@@ -209,6 +212,10 @@ def _parse_wat_json(data: bytes) -> tuple[dict | None, bool]:
     try:
         return orjson.loads(text.encode("utf-8", "surrogatepass")), bad
     except (orjson.JSONDecodeError, UnicodeEncodeError):
+        pass
+    try:
+        return json.loads(text), bad
+    except (ValueError, RecursionError):
         return None, bad
 
 
@@ -477,6 +484,19 @@ def _target_uri(record) -> str | None:
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"
 _RESYNC_CHUNK = 1 << 20
+_CONTENT_LENGTH = WarcHeader.CONTENT_LENGTH
+# a record's end followed by the next record's version line: a block holding this ran past its own end
+_NEXT_RECORD = (b"\r\n\r\nWARC/1.0\r\n", b"\r\n\r\nWARC/1.1\r\n")
+
+
+class RecordOverrunError(ValueError):
+    """A record's Content-Length runs into the next record (which it would swallow)."""
+
+
+def _bad_content_length(record) -> str | None:
+    """Why the record's Content-Length header is not a byte count (missing, not a number, negative)."""
+    value = record.headers.get(_CONTENT_LENGTH)
+    return None if value is not None and value.strip().isdigit() else f"Content-Length {value!r} is not a byte count"
 
 
 def _next_gzip_member(stream, start: int) -> int | None:
@@ -555,6 +575,12 @@ def _iterate_records(out: FileExtraction, stream) -> tuple[str, int] | None:
                 out.records[kind] = out.records.get(kind, 0) + 1
             # every payload is read: a file cut mid-record must say so whatever the record type
             data = record.reader.read()
+            bad_length = _bad_content_length(record)
+            if bad_length:  # the reader took no block: the record is lost, say so
+                out.reject_record(_record_key(record), Reason.MALFORMED_RECORD, f"{name} record: {bad_length}")
+                continue
+            if any(marker in data for marker in _NEXT_RECORD):  # gzip: resynchronised at the next member
+                raise RecordOverrunError(f"{name} record {_record_key(record)}: Content-Length runs into the next record")
             if len(data) < record.content_length:
                 out.reject_record(_record_key(record), Reason.TRUNCATED_RECORD, f"{name} record: {len(data)} of {record.content_length} bytes")
                 continue

@@ -13,17 +13,26 @@ two agree. The opener comes from :func:`curation.ssrf.build_opener`, one per tas
 A failure is a :class:`FetchFailed` with a Reason, a detail naming the HTTP status or error, and whether
 it is *transient* (timeouts, 408/425/429/5xx gateway errors, connections reset mid-way, DNS "try again"):
 those are retried ``retries`` times in the run, and a rerun of the stage retries the rows that still
-failed with one (their detail starts with :data:`TRANSIENT`).
+failed with one (their detail starts with :data:`TRANSIENT`). A 429/503 ``Retry-After`` (seconds or an
+HTTP date) replaces the backoff before the next attempt; one longer than ``max_retry_after_s`` ends the
+attempts at once (still transient: a later rerun fetches the row again).
+
+URLs are fetched as browsers send them (:func:`request_url`): an IDN host in IDNA form, non-ASCII
+characters, spaces and control characters of the path and query percent-encoded as UTF-8. The stored
+``url`` stays as found in the page (the uid is computed from it).
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from curation import __version__
 from curation.ssrf import BlockedAddressError
@@ -31,6 +40,8 @@ from schemas import Reason
 
 TRANSIENT = "transient: "
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_AFTER_STATUS = frozenset({429, 503})  # the statuses whose Retry-After header is honoured
+_PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))  # left as is by request_url (existing escapes too)
 READ_CHUNK = 256 * 1024
 
 
@@ -40,6 +51,7 @@ class FetchOptions:
     max_transfer_s: float = 60.0  # whole response; defeats servers that drip bytes under the timeout
     retries: int = 0  # extra attempts in the same run, transient errors only
     retry_backoff_s: float = 1.0  # sleep before attempt n: backoff * 2**(n-1)
+    max_retry_after_s: float = 10.0  # a longer 429/503 Retry-After ends the attempts (a rerun retries)
     user_agent_token: str = "curation"  # the token X-Robots-Tag directives may name ("curation: noai")
     user_agent: str = ""  # full User-Agent header; default: img2dataset's, with the token
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
@@ -61,9 +73,10 @@ class FetchOptions:
 
 
 class FetchFailed(Exception):
-    def __init__(self, reason: Reason, detail: str, transient: bool = False) -> None:
+    def __init__(self, reason: Reason, detail: str, transient: bool = False, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.reason, self.detail, self.transient = reason, detail, transient
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it did
 
     @property
     def message(self) -> str:
@@ -84,6 +97,38 @@ def robots_disallowed(values: list[str], user_agent_token: str | None, directive
 
 def is_transient(detail: str | None) -> bool:
     return bool(detail) and detail.startswith(TRANSIENT)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` value asks for: delta-seconds or an HTTP date (a past date: 0).
+    None when absent or unreadable."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def request_url(url: str) -> str:
+    """``url`` as an ASCII URI, the way a browser sends it: the host in IDNA form (``bücher.example`` ->
+    ``xn--bcher-kva.example``), other non-ASCII characters, spaces and control characters
+    percent-encoded as UTF-8; printable ASCII, existing escapes included, is left as is.
+    UnicodeError (a ValueError) for a host IDNA cannot encode."""
+    if url.isascii() and url.isprintable() and " " not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        userinfo, at, hostport = netloc.rpartition("@")
+        host, colon, port = hostport.partition(":")
+        netloc = quote(userinfo, safe=_PRINTABLE_ASCII) + at + host.encode("idna").decode("ascii") + colon + port
+    path, query, fragment = (quote(p, safe=_PRINTABLE_ASCII) for p in (parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
 
 
 def _network_failure(err: BaseException) -> FetchFailed:
@@ -122,7 +167,7 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
     """The body of ``url`` or FetchFailed."""
     deadline = time.monotonic() + opts.max_transfer_s
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": opts.user_agent_header()})
+        request = urllib.request.Request(request_url(url), headers={"User-Agent": opts.user_agent_header()})
         with opener.open(request, timeout=opts.timeout_s) as response:
             tags = response.headers.get_all("X-Robots-Tag", [])
             if tags and robots_disallowed(tags, opts.robots_token(), opts.robots_directives()):
@@ -131,7 +176,10 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
     except urllib.error.HTTPError as e:
         e.close()
         message = " ".join(f"HTTP {e.code} {e.reason}".split())  # urllib's redirect-loop reason spans lines
-        raise FetchFailed(Reason.FAILED_TO_DOWNLOAD, message, transient=e.code in TRANSIENT_STATUS) from None
+        wait = retry_after_seconds((e.headers or {}).get("Retry-After")) if e.code in RETRY_AFTER_STATUS else None
+        if wait is not None:
+            message += f" (Retry-After {wait:.0f}s)"
+        raise FetchFailed(Reason.FAILED_TO_DOWNLOAD, message, e.code in TRANSIENT_STATUS, wait) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise _network_failure(e) from None
     except ValueError as e:  # urllib's "unknown url type", malformed ports and hosts
@@ -139,12 +187,15 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
 
 
 def fetch(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, max_bytes: int) -> bytes:
-    """:func:`fetch_once` with up to ``opts.retries`` more attempts while the failure is transient."""
+    """:func:`fetch_once` with up to ``opts.retries`` more attempts while the failure is transient,
+    waiting the server's Retry-After (up to ``max_retry_after_s``) or else the exponential backoff."""
     for attempt in range(opts.retries + 1):
         try:
             return fetch_once(url, opener, opts, max_bytes)
         except FetchFailed as e:
             if not e.transient or attempt == opts.retries:
                 raise
-            time.sleep(opts.retry_backoff_s * 2**attempt)
+            if e.retry_after is not None and e.retry_after > opts.max_retry_after_s:
+                raise FetchFailed(e.reason, f"{e.detail} > max_retry_after_s {opts.max_retry_after_s:g}", True) from None
+            time.sleep(opts.retry_backoff_s * 2**attempt if e.retry_after is None else e.retry_after)
     raise AssertionError("unreachable")

@@ -117,7 +117,7 @@ class AddressGuard:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
         if self.is_allowed(ip):
             return ip
-        why = "public (only_allowed is set)" if self.only_allowed else blocked_because(ip)
+        why = blocked_because(ip) or ("not allow-listed (only_allowed is set)" if self.only_allowed else None)
         if why:
             raise BlockedAddressError(host, str(ip), why)
         return ip

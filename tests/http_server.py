@@ -2,21 +2,26 @@
 
 It serves real image files (the photos of ../shared/data/images and the photo matplotlib ships, when
 present), generated edge cases (truncated JPEG, zero bytes, HTML served as image/jpeg, a decompression
-bomb, tiny, small-side, wide panorama, SVG, CMYK, 16-bit, palette, animated, EXIF-rotated) and
-behaviours: 404/429/500/503, a flaky path (503 once, then the image), slow and dripping responses,
-redirects (to an image, in a loop, to a private address, to cloud metadata), X-Robots-Tag opt-outs,
-bodies without a length, and an echo of the User-Agent header.
+bomb, tiny, small-side, wide panorama, SVG, CMYK, 16-bit, 32-bit float, palette, animated, EXIF-rotated) and
+behaviours: 404/429/500/503, a flaky path (503 once, then the image), 429 with a Retry-After header
+once, then the image, slow and dripping responses, a connection reset without a response, redirects
+(to an image, in a loop, to a private address, to cloud metadata), X-Robots-Tag opt-outs, bodies
+without a length, an echo of the User-Agent header, and a distinct photo for every name under /photo/.
 """
 
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import threading
 import time
 import zlib
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from functools import lru_cache
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 from PIL import Image
@@ -59,6 +64,19 @@ def rotated_jpeg(shown_width: int, shown_height: int) -> bytes:
     return encode(img, "JPEG", quality=85, exif=exif)
 
 
+@lru_cache(maxsize=256)
+def named_photo(name: str) -> bytes:
+    """A 640x480 photo-like JPEG of its own for every name (the seed is the name's CRC)."""
+    return jpeg(640, 480, seed=zlib.crc32(name.encode("utf-8", "surrogatepass")))
+
+
+def retry_after_value(spec: str) -> str:
+    """A Retry-After header value: ``N`` (seconds) as is, ``date+N`` the HTTP date N seconds from now."""
+    if spec.startswith("date+"):
+        return format_datetime(datetime.now(UTC) + timedelta(seconds=int(spec[5:])), usegmt=True)
+    return spec
+
+
 def generated_cases() -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, content type) of the generated edge cases."""
     photo = jpeg(800, 600, seed=1)
@@ -68,6 +86,7 @@ def generated_cases() -> dict[str, tuple[bytes, str]]:
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=100)
     gray16 = (rng.integers(0, 65536, (300, 300))).astype(np.uint16)
+    floats = rng.random((300, 400), dtype=np.float32)
     rgba = np.dstack([noisy, np.full((300, 400), 128, np.uint8)])
     return {
         "photo.jpg": (photo, "image/jpeg"),
@@ -83,6 +102,7 @@ def generated_cases() -> dict[str, tuple[bytes, str]]:
         "cmyk.jpg": (encode(picture(640, 480, np.random.default_rng(8)).convert("CMYK"), "JPEG", quality=85), "image/jpeg"),
         "palette.png": (encode(Image.fromarray(noisy).convert("P"), "PNG"), "image/png"),
         "gray16.png": (encode(Image.fromarray(gray16), "PNG"), "image/png"),
+        "float.tif": (encode(Image.fromarray(floats, "F"), "TIFF"), "image/tiff"),
         "rgba.png": (encode(Image.fromarray(rgba, "RGBA"), "PNG"), "image/png"),
         "animated.gif": (gif.getvalue(), "image/gif"),
         "rotated.jpg": (rotated_jpeg(500, 300), "image/jpeg"),
@@ -125,9 +145,20 @@ class LoopbackHandler(ImageHandler):
             if self.server.first_time(path):
                 return self.respond(Response(b"busy", "text/plain", 503))
             return self.respond(self.server.routes["/gen/photo.jpg"])
+        if path.startswith("/retry-after/"):  # /retry-after/<N | date+N>/<route>: 429 once, then the route
+            spec, route = path[len("/retry-after/") :].split("/", 1)
+            if self.server.first_time(path):
+                return self.respond(Response(b"slow down", "text/plain", 429, (("Retry-After", retry_after_value(spec)),)))
+            path = "/" + route
+        if path.startswith("/photo/"):
+            return self.respond(Response(named_photo(unquote(path[len("/photo/") :]))))
         if path == "/slow":
             time.sleep(SLOW_SECONDS)
             return self.respond(self.server.routes["/gen/photo.jpg"])
+        if path == "/reset":  # the connection is reset (RST) before any byte of a response
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return self.connection.close()
         if path == "/drip":  # a byte every 0.2 s: each read is quick, the whole transfer is not
             return self._drip()
         if path == "/redirect":  # ?to=<url or path>

@@ -319,3 +319,47 @@ def test_non_string_base_href_is_ignored(tmp_path):
     doc["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Head"]["Base"] = {"x": 1}
     result = extract_file(write(tmp_path, "a.wat.gz", warc_member(json.dumps(doc).encode())))
     assert result.urls == ["http://example.com/dir/rel.jpg"]
+
+
+# --- bad WARC headers -------------------------------------------------------------------------
+
+
+def response_member(alt: str, content_length: str | None = "exact", extra: int = 0) -> bytes:
+    """A gzip member holding one HTML response record whose Content-Length is exact, given, absent
+    (None) or ``extra`` bytes longer than the block."""
+    html = f'<html><body><img src="http://192.0.2.1/{hashlib.md5(alt.encode()).hexdigest()}.jpg" alt="{alt}"></body></html>'
+    block = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + html.encode()
+    length = {"exact": str(len(block) + extra), None: None}.get(content_length, content_length)
+    head = (
+        "WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://example.com/p.html\r\n"
+        f"WARC-Record-ID: <urn:uuid:{hashlib.md5(alt.encode()).hexdigest()}>\r\n"
+        "Content-Type: application/http; msgtype=response\r\n" + (f"Content-Length: {length}\r\n" if length else "") + "\r\n"
+    )
+    return gzip.compress(head.encode() + block + b"\r\n\r\n", mtime=0)
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "", None])
+def test_a_record_whose_content_length_is_no_byte_count_is_malformed(tmp_path, length):
+    path = write(tmp_path, "a.warc.gz", response_member("a red bicycle"), response_member("a bad record", length),
+                 response_member("a blue car"))
+    result = extract_file(path)
+    assert result.texts == ["a red bicycle", "a blue car"]
+    assert reasons(result) == Counter({"malformed_record": 1})
+    assert "is not a byte count" in result.rej_details[0] and hashlib.md5(b"a bad record").hexdigest() in result.rej_details[0]
+
+
+def test_a_content_length_running_into_the_next_record_is_reported_and_the_next_record_kept(tmp_path):
+    path = write(tmp_path, "a.warc.gz", response_member("a red bicycle"), response_member("a greedy record", extra=60),
+                 response_member("a blue car"), response_member("a green boat"))
+    result = extract_file(path)
+    assert result.texts == ["a red bicycle", "a blue car", "a green boat"]  # resynchronised at the next member
+    assert reasons(result) == Counter({"corrupt_file": 1})
+    assert "runs into the next record" in result.rej_details[0] and result.file_error
+
+
+def test_lone_surrogate_escape_rejects_only_its_link(tmp_path):
+    payload = wat_payload([img("http://e.com/1.jpg", "a red bicycle"), img("http://e.com/2.jpg", "XXBADXX")])
+    payload = payload.replace(b"XXBADXX", b"lone \\ud800 surrogate")  # valid JSON syntax, no valid string
+    result = extract_file(write(tmp_path, "a.wat.gz", warc_member(payload)))
+    assert result.texts == ["a red bicycle"]
+    assert reasons(result) == Counter({"invalid_encoding": 1})

@@ -1,13 +1,24 @@
 """curation/fetch.py against the loopback server: HTTP errors and their transient flag, timeouts,
-bounded bodies, X-Robots-Tag opt-outs (the same verdicts as img2dataset), retries and the user agent."""
+bounded bodies, X-Robots-Tag opt-outs (the same verdicts as img2dataset), retries (Retry-After
+honoured), connection resets, IRI and IDN URLs, and the user agent."""
 
 from __future__ import annotations
 
 import email.message
+import time
+from datetime import UTC, datetime
 
 import pytest
 
-from curation.fetch import FetchFailed, FetchOptions, fetch, is_transient, robots_disallowed
+from curation.fetch import (
+    FetchFailed,
+    FetchOptions,
+    fetch,
+    is_transient,
+    request_url,
+    retry_after_seconds,
+    robots_disallowed,
+)
 from curation.ssrf import AddressGuard, build_opener
 from schemas import Reason
 
@@ -116,3 +127,63 @@ def test_invalid_urls_fail_cleanly():
         with pytest.raises(FetchFailed) as caught:
             fetch(url, OPENER, OPTS, MAX_BYTES)
         assert caught.value.reason == Reason.FAILED_TO_DOWNLOAD
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("120", 120.0), (" 0 ", 0.0), ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+     ("Wed, 21 Oct 2015 07:28:30 -0000", 30.0), ("-5", None), ("soon", None), ("", None), (None, None)],
+)
+def test_retry_after_takes_seconds_or_an_http_date(value, seconds):
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert retry_after_seconds(value, now) == seconds
+
+
+def test_retry_after_is_waited_before_the_next_attempt(image_server):
+    opts = FetchOptions(timeout_s=1.0, retries=1, retry_backoff_s=0.0)
+    started = time.monotonic()
+    assert fetch(image_server.url("/retry-after/1/photo/wait.jpg"), OPENER, opts, MAX_BYTES)[:2] == b"\xff\xd8"
+    assert time.monotonic() - started >= 1.0 and image_server.hits("/retry-after/1/photo/wait.jpg") == 2
+    date = fetch(image_server.url("/retry-after/date+2/photo/date.jpg"), OPENER, opts, MAX_BYTES)  # HTTP-date form
+    assert date[:2] == b"\xff\xd8" and image_server.hits("/retry-after/date+2/photo/date.jpg") == 2
+
+
+def test_retry_after_beyond_the_cap_gives_up_at_once_as_transient(image_server):
+    opts = FetchOptions(timeout_s=1.0, retries=3, retry_backoff_s=0.0, max_retry_after_s=5.0)
+    started = time.monotonic()
+    failure = _failure(image_server, "/retry-after/3600/photo/never.jpg", opts)
+    assert time.monotonic() - started < 1.0 and image_server.hits("/retry-after/3600/photo/never.jpg") == 1
+    assert failure.transient and "Retry-After 3600s" in failure.message and "max_retry_after_s 5" in failure.message
+    no_retries = _failure(image_server, "/retry-after/7/photo/later.jpg")  # retries = 0: the 429 is the answer
+    assert no_retries.message == "transient: HTTP 429 Too Many Requests (Retry-After 7s)"
+
+
+def test_connection_reset_without_a_response_is_transient(image_server):
+    failure = _failure(image_server, "/reset")
+    assert failure.reason == Reason.FAILED_TO_DOWNLOAD and failure.transient
+    assert "Reset" in failure.message or "RemoteDisconnected" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("http://e.com/a.jpg?x=1", "http://e.com/a.jpg?x=1"),
+        ("http://e.com/caf\u00e9 au lait.jpg?q=\u00df", "http://e.com/caf%C3%A9%20au%20lait.jpg?q=%C3%9F"),
+        ("http://e.com/already%20quoted/\u00fc.jpg", "http://e.com/already%20quoted/%C3%BC.jpg"),
+        ("https://b\u00fccher.example:8443/\u00fc.png", "https://xn--bcher-kva.example:8443/%C3%BC.png"),
+        ("http://user@\u4f8b\u3048.jp/a.jpg", "http://user@xn--r8jz45g.jp/a.jpg"),
+    ],
+)
+def test_urls_are_sent_the_way_a_browser_sends_them(url, sent):
+    assert request_url(url) == sent
+
+
+def test_iri_paths_and_idn_hosts_are_fetched(image_server):
+    assert fetch(image_server.url("/photo/caf\u00e9 au lait.jpg"), OPENER, OPTS, MAX_BYTES)[:2] == b"\xff\xd8"
+    assert "/photo/caf%C3%A9%20au%20lait.jpg" in image_server.requests
+    opener = build_opener(AddressGuard.from_config(["127.0.0.1", "::1"]))
+    fullwidth = f"http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{image_server.port}/photo/idn.jpg"  # IDNA: localhost
+    assert fetch(fullwidth, opener, OPTS, MAX_BYTES)[:2] == b"\xff\xd8"
+    with pytest.raises(FetchFailed) as caught:  # a label IDNA cannot encode (over 63 characters)
+        fetch("http://" + "\u00fc" * 70 + ".example/a.jpg", OPENER, OPTS, MAX_BYTES)
+    assert caught.value.reason == Reason.FAILED_TO_DOWNLOAD and caught.value.message.startswith("invalid url")

@@ -89,8 +89,10 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_lookup(image_se
 
 def test_only_allowed_blocks_public_addresses_too():
     guard = AddressGuard.from_config(["127.0.0.1"], only_allowed=True)
-    with pytest.raises(BlockedAddressError, match="public"):
+    with pytest.raises(BlockedAddressError, match="not allow-listed"):
         guard.check("example.com", "93.184.215.14")
+    with pytest.raises(BlockedAddressError, match="private"):  # a private address is named as such
+        guard.check("intranet", "10.0.0.1")
     assert guard.check("h", "127.0.0.1")
 
 
