@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -137,7 +137,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address, handler, routes: Mapping[str, Response]) -> None:
         super().__init__(address, handler)
-        self.routes = dict(routes)
+        self.routes = routes  # not copied: a lazy mapping (SampleRoutes) stays lazy
         self.requests: list[str] = []
         self._lock = threading.Lock()
 
@@ -186,6 +186,29 @@ def _headers(name: str) -> tuple[tuple[str, str], ...]:
     return (("X-Robots-Tag", "noai, noimageai"),) if sample_index(name) % 50 == 47 else ()
 
 
-def sample_routes(names: list[str] | None = None, seed: int = 0) -> dict[str, Response]:
-    """``/images/<name>`` -> its response, for :class:`ImageServer`."""
-    return {f"/images/{name}": Response(data, headers=_headers(name)) for name, data in sample_images(names, seed).items()}
+class SampleRoutes(Mapping[str, Response]):
+    """``/images/<name>`` -> its response, for :class:`ImageServer`. An image is drawn on its first request
+    and kept: a run that fetches none (a resumed pipeline past its download stage) draws none."""
+
+    def __init__(self, names: list[str] | None = None, seed: int = 0) -> None:
+        wanted = names if names is not None else [sample_name(i) for i in range(N_SAMPLE_IMAGES)]
+        self._names = {f"/images/{name}": name for name in wanted}
+        self._seed = seed
+        self._drawn: dict[str, Response] = {}  # handler threads may draw one twice: same bytes, no harm
+
+    def __getitem__(self, path: str) -> Response:
+        if path not in self._drawn:
+            name = self._names[path]
+            self._drawn[path] = Response(sample_image(sample_index(name), self._seed), headers=_headers(name))
+        return self._drawn[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def sample_routes(names: list[str] | None = None, seed: int = 0) -> SampleRoutes:
+    """``/images/<name>`` -> its response, for :class:`ImageServer` (each image drawn when first asked for)."""
+    return SampleRoutes(names, seed)

@@ -26,8 +26,10 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
+
+from curation import storage
+from curation.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -434,8 +436,10 @@ def _wat_records(gen: _Generator, source: list[Record], pages: list[Page], sourc
 # --- files --------------------------------------------------------------------------------------
 
 
-def write_sample(out_dir: str, seed: int = 0, pages: int = 300, image_host: str = "http://127.0.0.1:8765") -> dict:
-    """Write the sample under ``out_dir/crawl/``; return its manifest.
+def write_sample(
+    out_dir: str, seed: int = 0, pages: int = 300, image_host: str = "http://127.0.0.1:8765", options: StorageOptions | None = None
+) -> dict:
+    """Write the sample under ``out_dir/crawl/`` (a local folder or an s3:// prefix); return its manifest.
 
     The pages are split in thirds: two WAT files (the WAT of an in-memory WARC each) and one WARC file
     (request/response/metadata records with the HTML). Manifest: ``files`` (paths), ``pages``,
@@ -448,17 +452,16 @@ def write_sample(out_dir: str, seed: int = 0, pages: int = 300, image_host: str 
     all_pages = [gen.page(i) for i in range(pages)]
     third = pages // 3
     groups = [all_pages[:third], all_pages[third : 2 * third], all_pages[2 * third :]]
-    crawl = Path(out_dir) / "crawl"
-    crawl.mkdir(parents=True, exist_ok=True)
+    crawl = storage.join(out_dir, "crawl")
     files = []
     for name, group in zip((*WAT_FILES, WARC_FILE), groups):
         source_name = name.replace(".warc.wat.gz", ".warc.gz")
         records = _warc_records(gen, group, source_name)
         if name != WARC_FILE:
             records = _wat_records(gen, records, group, source_name, name)
-        path = crawl / name
-        path.write_bytes(b"".join(rec.member() for rec in records))
-        files.append(str(path))
+        path = storage.join(crawl, name)
+        storage.write_bytes_atomic(path, b"".join(rec.member() for rec in records), options)
+        files.append(path)
         log.info("wrote %s: %d pages, %d records", path, len(group), len(records))
     prefix = f"{gen.host}/images/"
     img = [urljoin(p.base or p.url, url) for p in all_pages for tag, url, _ in p.links if tag == "img"]

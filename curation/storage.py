@@ -140,7 +140,7 @@ def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = N
     parent = posixpath.dirname(path) if is_s3(uri) else os.path.dirname(path)
     fs.create_dir(parent, recursive=True)
     tmp = temp_name(path)
-    with fs.open_output_stream(tmp) as f:
+    with fs.open_output_stream(tmp, compression=None) as f:  # bytes as given: a .gz name is not gzipped again
         f.write(data)
     fs.move(tmp, path)
 

@@ -53,7 +53,7 @@ def resolve_models(config: Config) -> ModelsConfig:
             from models.random_init import write_random_models
 
             log.warning("annotate: writing RANDOM-WEIGHT tiny models to %s: their scores are meaningless", opts.random_models)
-            write_random_models(opts.random_models, "tiny")
+            write_random_models(opts.random_models, "tiny", options=store)  # a local folder or s3://
     models = load_models_config(path, store)
     check_weights(models, store)
     return models

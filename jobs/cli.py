@@ -409,20 +409,23 @@ def sample(
     output: Annotated[str, typer.Argument(help="Folder to write the embedded crawl sample into.")],
     pages: Annotated[int, typer.Option(help="Number of crawl pages.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    s3_endpoint: EndpointOpt = None,
 ) -> None:
-    """Write the embedded Common Crawl sample (WAT + WARC files) to OUTPUT."""
+    """Write the embedded Common Crawl sample (WAT + WARC files) to OUTPUT (a folder or s3://bucket/prefix)."""
     from curation.sample import write_sample
+    from curation.storage import StorageOptions
 
-    manifest = write_sample(output, seed=seed, pages=pages)
+    manifest = write_sample(output, seed=seed, pages=pages, options=StorageOptions(s3_endpoint_url=s3_endpoint).resolved())
     console.print(f"wrote {len(manifest['files'])} crawl files, {manifest['pages']} pages, to {output}")
 
 
 @app.command()
-def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder.")]) -> None:
+def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder.")], s3_endpoint: EndpointOpt = None) -> None:
     """Print a stage's _stats.json."""
     from curation.stage import StageDir
+    from curation.storage import StorageOptions
 
-    stage = StageDir(run_dir, "?")
+    stage = StageDir(run_dir, "?", StorageOptions(s3_endpoint_url=s3_endpoint).resolved())
     if not stage.is_complete():
         _fail(f"{run_dir} has no _SUCCESS: the stage did not finish (rerun it to resume)")
     typer.echo(json.dumps(stage.stats(), indent=2))

@@ -63,11 +63,9 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
     if cfg.pipeline.sample:
         from curation.sample import write_sample
 
-        if storage.is_s3(root):
-            raise ValueError("[pipeline] sample = true writes the sample locally: use a local run_root")
-        sample_dir = storage.join(root, "input")
+        sample_dir = storage.join(root, "input")  # local or s3://, like every stage folder
         image_host = f"http://127.0.0.1:{cfg.pipeline.sample_image_port}"
-        manifest = write_sample(sample_dir, pages=cfg.pipeline.sample_pages, image_host=image_host)
+        manifest = write_sample(sample_dir, pages=cfg.pipeline.sample_pages, image_host=image_host, options=opts)
         image_names = manifest["image_names"]
         inputs.append(storage.join(sample_dir, "crawl"))
         log.info("pipeline: embedded sample written to %s (%d pages)", sample_dir, manifest["pages"])

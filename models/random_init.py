@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
+from curation import storage
+from curation.storage import StorageOptions
 from models import weights
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ def _seeded(seed: int):
     torch.manual_seed(seed)
 
 
-def write_random_models(out_dir: str, size: str = "tiny", seed: int = 0) -> str:
-    """Write the checkpoints and OUT_DIR/MODELS.toml; return the MODELS.toml path."""
+def write_random_models(out_dir: str, size: str = "tiny", seed: int = 0, options: StorageOptions | None = None) -> str:
+    """Write the checkpoints and OUT_DIR/MODELS.toml (a local folder or an s3:// prefix), each file
+    atomically; return the MODELS.toml path."""
     import torch
 
     from models.clip import build_clip
@@ -47,35 +49,35 @@ def write_random_models(out_dir: str, size: str = "tiny", seed: int = 0) -> str:
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sections: dict[str, dict] = {}
     with torch.no_grad():
         for i, section in enumerate(("clip_vitb32", "clip_vitl14")):
             if size == "tiny":
                 name = list(TINY_CLIP)[i]
-                (out / f"{name}.json").write_text(json.dumps(tiny_clip_config(**TINY_CLIP[name]), indent=2))
                 arch = f"{name}.json"
+                config = json.dumps(tiny_clip_config(**TINY_CLIP[name]), indent=2)
+                storage.write_bytes_atomic(storage.join(out_dir, arch), config.encode(), options)
             else:
                 name = arch = REAL_CLIP[section]
             _seeded(seed + i)
-            model = build_clip(str(out / arch) if arch.endswith(".json") else arch)
-            weights.save_state_dict(model.state_dict(), str(out / f"{section}.safetensors"))
+            model = build_clip(storage.join(out_dir, arch) if arch.endswith(".json") else arch, options=options)
+            weights.save_state_dict(model.state_dict(), storage.join(out_dir, f"{section}.safetensors"), options)
             sections[section] = {"arch": arch, "weights": f"{section}.safetensors", "quick_gelu": True}
             if section == "clip_vitl14":
                 embed_dim = int(model.text_projection.shape[1])
             del model
         _seeded(seed + 2)
-        weights.save_state_dict(aesthetic_mlp(embed_dim).state_dict(), str(out / "aesthetic_laion_v2.safetensors"))
+        aesthetic = aesthetic_mlp(embed_dim).state_dict()
+        weights.save_state_dict(aesthetic, storage.join(out_dir, "aesthetic_laion_v2.safetensors"), options)
         sections["aesthetic_laion_v2"] = {"weights": "aesthetic_laion_v2.safetensors"}
         arch = "test_efficientnet" if size == "tiny" else "efficientnet_b3a"
         _seeded(seed + 3)
-        weights.save_state_dict(watermark_net(arch).state_dict(), str(out / "watermark.safetensors"))
+        weights.save_state_dict(watermark_net(arch).state_dict(), storage.join(out_dir, "watermark.safetensors"), options)
         sections["watermark"] = {"arch": arch, "weights": "watermark.safetensors"}
-    path = out / "MODELS.toml"
-    path.write_text(models_toml(sections, size))
-    log.info("wrote %s random-weight models to %s", size, out)
-    return str(path)
+    path = storage.join(out_dir, "MODELS.toml")  # written last and atomically: it exists only once every checkpoint does
+    storage.write_bytes_atomic(path, models_toml(sections, size).encode(), options)
+    log.info("wrote %s random-weight models to %s", size, out_dir)
+    return path
 
 
 def models_toml(sections: dict[str, dict], size: str) -> str:

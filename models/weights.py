@@ -101,8 +101,8 @@ def load_module(model_name: str, module, uri: str, options: StorageOptions | Non
     return module.to(device).eval()
 
 
-def save_state_dict(state: dict, path: str) -> None:
-    from safetensors.torch import save_file
+def save_state_dict(state: dict, uri: str, options: StorageOptions | None = None) -> None:
+    """Write ``state`` as safetensors to a local path or s3:// URI (atomically, through curation.storage)."""
+    from safetensors.torch import save
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, path)
+    storage.write_bytes_atomic(uri, save({k: v.detach().contiguous() for k, v in state.items()}), options)

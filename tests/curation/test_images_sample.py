@@ -84,3 +84,15 @@ def test_a_few_images_are_broken_or_opted_out_like_on_the_web():
     assert ("X-Robots-Tag", "noai, noimageai") in opted_out.headers
     assert process_image(html.body, ImageRules()).reason == "not_decodable"
     assert process_image(truncated.body, ImageRules()).reason == "not_decodable"
+
+
+def test_routes_draw_an_image_only_when_it_is_first_asked_for(monkeypatch):
+    import curation.images_sample as module
+
+    drawn = []
+    monkeypatch.setattr(module, "sample_image", lambda index, seed=0: drawn.append(index) or b"jpeg %d" % index)
+    routes = sample_routes([sample_name(i) for i in (3, 4)])
+    with ImageServer(routes):  # a resumed pipeline past its download stage serves nothing: draws nothing
+        assert len(routes) == 2 and drawn == []
+    assert routes[f"/images/{sample_name(4)}"].body == b"jpeg 4" and routes.get("/images/none.jpg") is None
+    assert routes[f"/images/{sample_name(4)}"].body == b"jpeg 4" and drawn == [4]

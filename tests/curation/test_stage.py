@@ -71,3 +71,13 @@ def test_prepare_removes_leftover_temp_files_and_overwrite_clears(tmp_path):
     assert stage.has_shard("part-00000")
     stage.prepare(overwrite=True)
     assert not stage.has_shard("part-00000")
+
+
+def test_atomic_write_stores_the_bytes_as_given_whatever_the_name(tmp_path):
+    from curation import storage
+
+    data = b"\x1f\x8b already gzip bytes"  # pyarrow's output streams would gzip a *.gz name again
+    for name in ("x.warc.wat.gz", "x.json", "x.bz2"):
+        storage.write_bytes_atomic(str(tmp_path / name), data)
+        assert (tmp_path / name).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bz2", "x.json", "x.warc.wat.gz"]
