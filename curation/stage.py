@@ -169,9 +169,9 @@ class StageDir:
                 fs.delete_file(info.path)
 
     # --- writing ---------------------------------------------------------------------------
-    def _write_parquet(self, table: pa.Table, rel: str) -> None:
+    def _write_parquet(self, table: pa.Table, folder: str, name: str) -> None:
         fs, root = self._fs()
-        final = f"{root}/{rel}"
+        final = storage.join(root, folder, name)  # refuses a name that would leave the stage folder
         fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         tmp = storage.temp_name(final)
         with fs.open_output_stream(tmp) as sink:
@@ -201,8 +201,8 @@ class StageDir:
                 f"{self.stage} shard {shard}: rows_in={rows_in} but kept={kept.num_rows} "
                 f"+ rejected={stats.rejected_total}"
             )
-        self._write_parquet(kept, f"{kept_dir}/{shard}.parquet")
-        self._write_parquet(rejected.cast(REJECTED.arrow_schema()), f"{REJECTED_DIR}/{shard}.parquet")
+        self._write_parquet(kept, kept_dir, f"{shard}.parquet")
+        self._write_parquet(rejected.cast(REJECTED.arrow_schema()), REJECTED_DIR, f"{shard}.parquet")
         storage.write_bytes_atomic(self.path(SHARDS, f"{shard}.json"), stats.to_json().encode(), self.storage)
         return stats
 

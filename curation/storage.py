@@ -47,7 +47,7 @@ _FS_CACHE: dict[tuple, pafs.FileSystem] = {}
 
 
 def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://") or uri.startswith("s3a://")
+    return uri.startswith(("s3://", "s3a://"))
 
 
 def _scheme(uri: str) -> str:
@@ -78,7 +78,16 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[pafs.Fi
     raise StorageError(f"unsupported path scheme {scheme!r} in {uri!r}; use a local path or s3://bucket/key")
 
 
+class PathEscapeError(ValueError):
+    """A path part that would leave the folder it is joined to (absolute, or with a ``..`` segment)."""
+
+
 def join(base: str, *parts: str) -> str:
+    """``base``/part/...: every path the stages build under a run root or stage folder goes through here,
+    so no part (a shard, stage or file name) can point outside ``base``."""
+    for part in parts:
+        if part.startswith(("/", "\\")) or is_s3(part) or ".." in part.replace("\\", "/").split("/"):
+            raise PathEscapeError(f"path part {part!r} would leave {base!r}")
     if is_s3(base):
         return posixpath.join(base, *parts)
     return os.path.join(base, *parts)

@@ -81,3 +81,17 @@ def test_atomic_write_stores_the_bytes_as_given_whatever_the_name(tmp_path):
         storage.write_bytes_atomic(str(tmp_path / name), data)
         assert (tmp_path / name).read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bz2", "x.json", "x.warc.wat.gz"]
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/../../evil", "/etc/passwd", "s3://other-bucket/x", "\\\\host\\share"])
+def test_no_path_part_can_leave_the_stage_folder(tmp_path, bad):
+    from curation import storage
+
+    stage = StageDir(str(tmp_path / "run" / "out"), "test")
+    stage.prepare()
+    with pytest.raises(storage.PathEscapeError, match="would leave"):
+        stage.write_shard(bad, _kept(1), rejected_table([], "test"), rows_in=1)
+    with pytest.raises(storage.PathEscapeError):
+        storage.join("s3://bucket/run", "dedup", bad)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # nothing written anywhere
+    assert storage.join("s3://bucket/run", "_work/inputs.json", "a..b") == "s3://bucket/run/_work/inputs.json/a..b"
