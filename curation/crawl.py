@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -65,6 +66,21 @@ def make_uid(text: str, url: str) -> str:
 
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n] + f"...(+{len(s) - n} chars)"
+
+
+def _encodable(s: str | None) -> bool:
+    """Whether ``s`` can be written as UTF-8 (no lone surrogate from a JSON \\ud800 escape)."""
+    try:
+        if s is not None:
+            s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(s: str) -> str:
+    """``s`` with lone surrogates written as \\udXXX escapes: a detail that parquet can store."""
+    return s if _encodable(s) else s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def resolve_url(raw: str, base: str | None) -> tuple[str | None, Reason | None, str | None]:
@@ -116,7 +132,7 @@ class FileExtraction:
     def reject(self, uid: str, reason: Reason, detail: str | None) -> None:
         self.rej_uids.append(uid)
         self.rej_reasons.append(reason.value)
-        self.rej_details.append(None if detail is None else _clip(detail, self.rules.detail_chars))
+        self.rej_details.append(None if detail is None else _clip(_printable(detail), self.rules.detail_chars))
 
     def reject_record(self, key: str, reason: Reason, detail: str) -> None:
         uid = hashlib.md5(f"{self.source_file}#{key}".encode("utf-8", "replace")).hexdigest()
@@ -248,6 +264,7 @@ def _process_wat_record_slow(out: FileExtraction, key: str, data: bytes, header_
     if not isinstance(page_url, str) or not page_url:
         page_url = header_uri  # absent or not a string: the record header's URI
     base = page_url
+    page_ok = _encodable(page_url)  # only this slow path reads \\ud800 escapes (the standard library's parser)
     head = meta.get("Head")
     href = head.get("Base") if isinstance(head, dict) else None
     if isinstance(href, str) and href:
@@ -259,7 +276,11 @@ def _process_wat_record_slow(out: FileExtraction, key: str, data: bytes, header_
         if isinstance(link, dict) and link.get("path") == "IMG@/src":
             url = link.get("url")
             alt = link.get("alt")
-            out.add_link(url if isinstance(url, str) else "", alt if isinstance(alt, str) else "", base, page_url)
+            url, alt = (url if isinstance(url, str) else ""), (alt if isinstance(alt, str) else "")
+            if not page_ok:  # the link itself may be fine, but its row could not be written
+                out.reject(_safe_uid(alt, url), Reason.INVALID_ENCODING, f"lone surrogate in the page URL {page_url!r}")
+                continue
+            out.add_link(url, alt, base, page_url)
 
 
 # Fast path. simdjson validates a record and indexes it without building Python objects; only the
@@ -487,6 +508,9 @@ _RESYNC_CHUNK = 1 << 20
 _CONTENT_LENGTH = WarcHeader.CONTENT_LENGTH
 # a record's end followed by the next record's version line: a block holding this ran past its own end
 _NEXT_RECORD = (b"\r\n\r\nWARC/1.0\r\n", b"\r\n\r\nWARC/1.1\r\n")
+_MAX_HEADER_BYTES = 16384
+_DIGITS = re.compile(r"[0-9]+")
+_HEADER_LINE = re.compile(rb"[A-Za-z0-9-]+:")
 
 
 class RecordOverrunError(ValueError):
@@ -494,9 +518,30 @@ class RecordOverrunError(ValueError):
 
 
 def _bad_content_length(record) -> str | None:
-    """Why the record's Content-Length header is not a byte count (missing, not a number, negative)."""
+    """Why the record's Content-Length header is not a byte count (missing, not ASCII digits, negative)."""
     value = record.headers.get(_CONTENT_LENGTH)
-    return None if value is not None and value.strip().isdigit() else f"Content-Length {value!r} is not a byte count"
+    if value is None or not _DIGITS.fullmatch(value.strip()):
+        return f"Content-Length {value!r} is not a byte count"
+    return None
+
+
+def _runs_into_next_record(data: bytes) -> bool:
+    """Whether a block holds a record end followed by a WARC header: the version line, then only
+    header-shaped lines (at least one WARC-* field) up to a blank line or the block's end, i.e. the
+    next record, swallowed by a too-long Content-Length. (A page that merely mentions "WARC/1.0"
+    does not count; one quoting a whole WARC header with CRLF line ends would.)"""
+    for marker in _NEXT_RECORD:
+        at = data.find(marker)
+        while at != -1:
+            head = data[at + len(marker) : at + len(marker) + _MAX_HEADER_BYTES]
+            blank = head.find(b"\r\n\r\n")
+            lines = (head if blank == -1 else head[:blank]).split(b"\r\n")
+            if blank == -1:  # the block (or the window) ends inside the header: its last line may be cut
+                lines = lines[:-1]
+            if any(ln[:5].lower() == b"warc-" for ln in lines) and all(_HEADER_LINE.match(ln) for ln in lines):
+                return True
+            at = data.find(marker, at + 1)
+    return False
 
 
 def _next_gzip_member(stream, start: int) -> int | None:
@@ -579,7 +624,7 @@ def _iterate_records(out: FileExtraction, stream) -> tuple[str, int] | None:
             if bad_length:  # the reader took no block: the record is lost, say so
                 out.reject_record(_record_key(record), Reason.MALFORMED_RECORD, f"{name} record: {bad_length}")
                 continue
-            if any(marker in data for marker in _NEXT_RECORD):  # gzip: resynchronised at the next member
+            if any(marker in data for marker in _NEXT_RECORD) and _runs_into_next_record(data):  # gzip: resynced at the next member
                 raise RecordOverrunError(f"{name} record {_record_key(record)}: Content-Length runs into the next record")
             if len(data) < record.content_length:
                 out.reject_record(_record_key(record), Reason.TRUNCATED_RECORD, f"{name} record: {len(data)} of {record.content_length} bytes")

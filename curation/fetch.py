@@ -99,15 +99,18 @@ def is_transient(detail: str | None) -> bool:
     return bool(detail) and detail.startswith(TRANSIENT)
 
 
+MAX_RETRY_AFTER_S = 365 * 24 * 3600.0  # a larger value is read as a year: a wait nobody will make
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """The wait a ``Retry-After`` value asks for: delta-seconds or an HTTP date (a past date: 0).
     None when absent or unreadable."""
     value = (value or "").strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # ("²".isdigit() is True; float() refuses it)
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000": HTTP dates are GMT
         when = when.replace(tzinfo=UTC)

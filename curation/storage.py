@@ -84,12 +84,19 @@ class PathEscapeError(ValueError):
 
 def join(base: str, *parts: str) -> str:
     """``base``/part/...: every path the stages build under a run root or stage folder goes through here,
-    so no part (a shard, stage or file name) can point outside ``base``."""
+    so no part (a shard, stage or file name) can point outside ``base``. Paths a user wrote relative to a
+    file of theirs (MODELS.toml values, paths-file lines) may climb out: :func:`relative_to`."""
     for part in parts:
         if part.startswith(("/", "\\")) or is_s3(part) or ".." in part.replace("\\", "/").split("/"):
             raise PathEscapeError(f"path part {part!r} would leave {base!r}")
+    return relative_to(base, *parts)
+
+
+def relative_to(base: str, *parts: str) -> str:
+    """A path the user wrote relative to ``base`` (``..`` allowed, as in any config file)."""
     if is_s3(base):
-        return posixpath.join(base, *parts)
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.normpath(posixpath.join(rest, *parts))
     return os.path.join(base, *parts)
 
 
@@ -205,7 +212,7 @@ def _read_paths_file(uri: str, options: StorageOptions | None, base: str | None)
         if "://" in line or line.startswith("/"):
             out.append(line)
         else:
-            out.append(join(base, line))
+            out.append(relative_to(base, line))
     return out
 
 

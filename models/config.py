@@ -128,7 +128,7 @@ def _resolve(base: str, value: str) -> str:
     """A relative path is relative to the MODELS.toml folder; absolute paths and URIs stay."""
     if "://" in value or value.startswith("/"):
         return value
-    return storage.join(base, value)
+    return storage.relative_to(base, value)
 
 
 def _section(name: str, data: Any, base: str, where: str):

@@ -8,6 +8,7 @@ import json
 import os
 from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 
 from curation.crawl import (
@@ -338,7 +339,7 @@ def response_member(alt: str, content_length: str | None = "exact", extra: int =
     return gzip.compress(head.encode() + block + b"\r\n\r\n", mtime=0)
 
 
-@pytest.mark.parametrize("length", ["abc", "-5", "", None])
+@pytest.mark.parametrize("length", ["abc", "-5", "", None, "\u00b2", "1\u0663"])
 def test_a_record_whose_content_length_is_no_byte_count_is_malformed(tmp_path, length):
     path = write(tmp_path, "a.warc.gz", response_member("a red bicycle"), response_member("a bad record", length),
                  response_member("a blue car"))
@@ -363,3 +364,24 @@ def test_lone_surrogate_escape_rejects_only_its_link(tmp_path):
     result = extract_file(write(tmp_path, "a.wat.gz", warc_member(payload)))
     assert result.texts == ["a red bicycle"]
     assert reasons(result) == Counter({"invalid_encoding": 1})
+
+
+def test_lone_surrogate_in_an_image_url_or_the_page_url_is_a_reason_and_tables_stay_writable(tmp_path):
+    payload = wat_payload([img("http://e.com/1.jpg", "a red bicycle"), img("http://e.com/XXBADXX.jpg", "a blue bicycle")])
+    in_src = extract_file(write(tmp_path, "a.wat.gz", warc_member(payload.replace(b"XXBADXX", b"\\udc80"))))
+    assert in_src.texts == ["a red bicycle"] and reasons(in_src) == Counter({"invalid_encoding": 1})
+    page = wat_payload([img("http://e.com/1.jpg", "a red bicycle")], page="http://e.com/XXBADXX.html")
+    in_page = extract_file(write(tmp_path, "b.wat.gz", warc_member(page.replace(b"XXBADXX", b"\\ud800"))))
+    assert in_page.texts == [] and reasons(in_page) == Counter({"invalid_encoding": 1})
+    for result in (in_src, in_page):  # both tables can be written as parquet (UTF-8)
+        pq.write_table(result.links_table(), tmp_path / "links.parquet")
+        pq.write_table(result.rejected_table(), tmp_path / "rejected.parquet")
+        assert "\\ud" in pq.read_table(tmp_path / "rejected.parquet").column("detail")[0].as_py()
+
+
+def test_a_page_that_quotes_a_warc_version_line_is_not_an_overrun(tmp_path):
+    quoted = "a record starts with\r\n\r\nWARC/1.0\r\nthen its header fields"
+    path = write(tmp_path, "a.warc.gz", response_member("a red bicycle"), response_member(quoted), response_member("a blue car"))
+    result = extract_file(path)
+    assert len(result.texts) == 3 and result.texts[0] == "a red bicycle" and result.texts[2] == "a blue car"
+    assert reasons(result) == Counter() and result.file_error is None

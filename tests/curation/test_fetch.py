@@ -132,7 +132,8 @@ def test_invalid_urls_fail_cleanly():
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("120", 120.0), (" 0 ", 0.0), ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
-     ("Wed, 21 Oct 2015 07:28:30 -0000", 30.0), ("-5", None), ("soon", None), ("", None), (None, None)],
+     ("Wed, 21 Oct 2015 07:28:30 -0000", 30.0), ("-5", None), ("soon", None), ("", None), (None, None),
+     ("\xb2", None), ("1\u0663", None), ("9" * 400, 365 * 24 * 3600.0), ("Wed, 21 Oct 99999 07:28:30 GMT", None)],
 )
 def test_retry_after_takes_seconds_or_an_http_date(value, seconds):
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -95,3 +96,14 @@ def test_no_path_part_can_leave_the_stage_folder(tmp_path, bad):
         storage.join("s3://bucket/run", "dedup", bad)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # nothing written anywhere
     assert storage.join("s3://bucket/run", "_work/inputs.json", "a..b") == "s3://bucket/run/_work/inputs.json/a..b"
+
+
+def test_a_paths_file_line_may_climb_out_of_the_paths_file_folder(tmp_path):
+    from curation import storage
+
+    (tmp_path / "crawl").mkdir()
+    (tmp_path / "crawl" / "a.warc.wat.gz").write_bytes(b"x")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "wat.paths").write_text("../crawl/a.warc.wat.gz\n")
+    found = storage.expand_inputs([str(tmp_path / "lists" / "wat.paths")])
+    assert len(found) == 1 and os.path.samefile(found[0], tmp_path / "crawl" / "a.warc.wat.gz")

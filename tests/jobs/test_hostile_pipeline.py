@@ -156,6 +156,8 @@ def _check_file_case(run: Run, case: dict) -> str:
     if case.get("kind") in build.RECORD_KINDS:
         rows = [r for r in rows if build.record_id(case["id"]) in r["detail"]]
     assert rows and len(rows) == case.get("count", len(rows)), (case["id"], case["reason"])
+    for link in build.case_links(case):  # the broken record's own links never come out
+        assert _uid(link) not in run.kept["extract"], (case["id"], link.src)
     return f"{case['reason']}: {rows[0]['detail'].split('#', 1)[-1]}" + (f" (+{len(rows) - 1} more)" if len(rows) > 1 else "")
 
 

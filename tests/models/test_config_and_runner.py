@@ -19,6 +19,15 @@ def test_relative_paths_resolve_against_the_models_file(tmp_path):
     assert cfg.clip_vitb32.weights == str(tmp_path / "w" / "b32.safetensors")
 
 
+def test_the_shipped_models_template_loads_with_weights_beside_the_configs_folder():
+    """configs/models.toml names ../weights/...: a path the user wrote may climb out of its folder."""
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[2] / "configs" / "models.toml"
+    cfg = load_models_config(str(template))
+    assert Path(cfg.clip_vitb32.weights).resolve().parent == template.parents[1] / "weights"
+
+
 def test_missing_weight_file_stops_with_the_model_and_path_named(tmp_path):
     cfg = parse_models_config({"watermark": {"weights": "gone/watermark_model_v1.pt"}}, str(tmp_path))
     with pytest.raises(MissingWeightsError, match=r"model 'watermark': weight file not found: .*gone/watermark_model_v1\.pt"):
