@@ -317,6 +317,7 @@ def test_a_kill_during_each_stage_then_a_rerun_gives_the_uninterrupted_output(st
     assert base.num_rows > 0
     assert again.equals(base), _differences(again, base)
     base_rej, again_rej = _rejected(baseline.root, stage), _rejected(run.root, stage)
+    assert base_rej.num_rows > 0 or stage == "annotate"  # annotate rejects only undecodable images: none here
     assert again_rej.equals(base_rej), _differences(again_rej, base_rej)
     assert _counts(run.root, stage) == _counts(baseline.root, stage)
 
