@@ -132,7 +132,7 @@ class FileExtraction:
     def reject(self, uid: str, reason: Reason, detail: str | None) -> None:
         self.rej_uids.append(uid)
         self.rej_reasons.append(reason.value)
-        self.rej_details.append(None if detail is None else _clip(_printable(detail), self.rules.detail_chars))
+        self.rej_details.append(None if detail is None else _printable(_clip(detail, self.rules.detail_chars)))
 
     def reject_record(self, key: str, reason: Reason, detail: str) -> None:
         uid = hashlib.md5(f"{self.source_file}#{key}".encode("utf-8", "replace")).hexdigest()
@@ -624,7 +624,7 @@ def _iterate_records(out: FileExtraction, stream) -> tuple[str, int] | None:
             if bad_length:  # the reader took no block: the record is lost, say so
                 out.reject_record(_record_key(record), Reason.MALFORMED_RECORD, f"{name} record: {bad_length}")
                 continue
-            if any(marker in data for marker in _NEXT_RECORD) and _runs_into_next_record(data):  # gzip: resynced at the next member
+            if _runs_into_next_record(data):  # gzip: resynchronised at the next member
                 raise RecordOverrunError(f"{name} record {_record_key(record)}: Content-Length runs into the next record")
             if len(data) < record.content_length:
                 out.reject_record(_record_key(record), Reason.TRUNCATED_RECORD, f"{name} record: {len(data)} of {record.content_length} bytes")
