@@ -6,20 +6,27 @@
 #   SPARK_MASTER       master URL (default local[*]; e.g. yarn, spark://host:7077, k8s://...)
 #   SPARK_SUBMIT_ARGS  extra spark-submit arguments (--conf ..., --executor-memory ..., ...)
 #   SPARK_SUBMIT       the spark-submit binary (default: $SPARK_HOME/bin/spark-submit or pyspark's)
+#   PYSPARK_PYTHON     the Python of driver and executors (default: the python3 on PATH, so activate
+#                      the project's virtualenv first: . .venv/bin/activate)
 set -euo pipefail
+STAGES="extract filter-text download dedup hash-index annotate select pipeline"
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  echo "stages: $STAGES"
   exit 0
+fi
+if [[ " $STAGES " != *" $1 "* ]]; then
+  echo "error: no stage '$1'; stages: $STAGES" >&2
+  exit 2
 fi
 stage="${1//-/_}"
 shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-job="$here/jobs/$stage.py"
-if [[ ! -f "$job" ]]; then
-  echo "error: no stage '$stage' (jobs/$stage.py); stages: $(cd "$here/jobs" && ls *.py | grep -vE '^(__init__|cli|session)\.py$' | sed 's/\.py$//' | tr '\n' ' ')" >&2
+python="${PYSPARK_PYTHON:-$(command -v python3 || true)}"
+if [[ -z "$python" ]] || ! "$python" -c 'import pyspark' 2>/dev/null; then
+  echo "error: ${python:-python3} cannot import pyspark: activate the project's virtualenv (. .venv/bin/activate) or set PYSPARK_PYTHON to a Python with the project installed" >&2
   exit 2
 fi
-python="${PYSPARK_PYTHON:-$(command -v python3)}"
 if [[ -z "${SPARK_SUBMIT:-}" ]]; then
   if [[ -n "${SPARK_HOME:-}" ]]; then
     SPARK_SUBMIT="$SPARK_HOME/bin/spark-submit"

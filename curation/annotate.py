@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.errors import InputError
+from curation.lifecycle import StageSpec
 from curation.stage import DATA, REJECTED_DIR, ShardStats, StageDir, read_parquet, rejected_table
 from curation.storage import StorageOptions
 from models.config import ModelsConfig
@@ -36,12 +38,10 @@ from schemas import ANNOTATED, Reason
 log = logging.getLogger(__name__)
 
 STAGE = "annotate"
+# reads the dedup stage's output (or parquet files with its columns)
 INPUT_COLUMNS = ("uid", "url", "text", "width", "height", "image_bytes", "image_phash")
+SPEC = StageSpec(STAGE, upstream="dedup", input_columns=INPUT_COLUMNS, finished_input=False)
 ID_BITS = 63
-
-
-class InputError(ValueError):
-    """The input is not the dedup stage's output (a column is missing)."""
 
 
 # --- ids and text statistics -----------------------------------------------------------------
@@ -71,19 +71,6 @@ class Chunk:
     @property
     def shard(self) -> str:
         return f"part-{self.file_index:05d}-{self.chunk:04d}"
-
-
-def input_files(inputs: list[str], options: StorageOptions | None = None) -> list[str]:
-    """Parquet files of the inputs: a stage folder gives its data/ files; folders and globs their parquet."""
-    files: list[str] = []
-    for item in inputs:
-        if storage.is_dir(item, options) and storage.is_dir(storage.join(item, DATA), options):
-            files.extend(StageDir(item, "?", options or StorageOptions()).files(DATA))
-        else:
-            files.extend(f for f in storage.expand_inputs([item], options) if f.endswith(".parquet"))
-    if not files:
-        raise InputError(f"no parquet files in {inputs} (annotate reads the dedup stage's output folder)")
-    return sorted(dict.fromkeys(files))
 
 
 def plan_chunks(files: list[str], rows_per_shard: int, options: StorageOptions | None = None) -> list[Chunk]:

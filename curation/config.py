@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation import storage
 from curation.crawl import ExtractRules
+from curation.errors import CurationError
 from curation.fetch import FetchOptions
 from curation.storage import StorageOptions
 from filters.dedup import DedupRules
@@ -15,7 +19,7 @@ from filters.image import ImageRules
 from filters.text import TextRules
 
 
-class ConfigError(ValueError):
+class ConfigError(CurationError, ValueError):
     pass
 
 
@@ -40,6 +44,9 @@ class PipelineOptions:
     sample_pages: int = 300
     stages: tuple[str, ...] = ()  # empty: every stage the pipeline has, in order
     sample_image_port: int = 8765  # sample = true: the loopback port its images are served on
+    # a stage built from another version of its input (an upstream stage changed on a rerun) is redone;
+    # false: the run stops with an error naming the stale stage
+    redo_stale: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,23 +148,62 @@ class Config:
 
 
 def _build(cls, data: dict[str, Any], where: str):
-    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys with a clear message."""
+    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys and values of the wrong
+    type with a message that names the key; a dataclass's own validation becomes a ConfigError too."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls(), name) if _has_defaults(cls) else None
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)  # frozen dataclasses hold tuples
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+            continue
+        _check_type(value, hints[name], f"[{where}] {name}" if where else name)
+        kwargs[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{where}]: {e}") from e
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """Raise ConfigError unless ``value`` (as TOML gives it) fits the field's annotation."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None):
+            if value is None:
+                return
+            continue
+        origin = typing.get_origin(option) or option
+        if origin is tuple:
+            item = (typing.get_args(option) or (Any,))[0]
+            if isinstance(value, list | tuple) and all(item is Any or _fits(v, item) for v in value):
+                return
+        elif origin is Any or _fits(value, origin):
+            return
+    wanted = " or ".join(_TYPE_NAMES.get(typing.get_origin(o) or o, "a list") if o is not type(None) else "unset"
+                         for o in options)
+    raise ConfigError(f"{where} = {value!r}: expected {wanted}")
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(kind, type):
+        return isinstance(value, kind)
+    return True  # Literal and other rare hints: the dataclass validates
 
 
 def _has_defaults(cls) -> bool:
@@ -179,4 +225,22 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Confi
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return _build(Config, data, "")
+    return absolute_paths(_build(Config, data, ""))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Every local path of the config made absolute here, on the driver (executors run in other
+    working folders); object-store URIs unchanged."""
+    replace, absolute = dataclasses.replace, storage.absolute
+    maybe = lambda p: absolute(p) if p else p  # noqa: E731
+    rules = replace(cfg.filter_text.rules, language_model=maybe(cfg.filter_text.rules.language_model))
+    return replace(
+        cfg,
+        pipeline=replace(cfg.pipeline, run_root=absolute(cfg.pipeline.run_root),
+                         inputs=tuple(absolute(i) for i in cfg.pipeline.inputs)),
+        extract=replace(cfg.extract, paths_base=maybe(cfg.extract.paths_base)),
+        filter_text=replace(cfg.filter_text, rules=rules),
+        annotate=replace(cfg.annotate, models=maybe(cfg.annotate.models), random_models=maybe(cfg.annotate.random_models)),
+        dedup=replace(cfg.dedup, blocklist=tuple(absolute(b) for b in cfg.dedup.blocklist)),
+        select=replace(cfg.select, preset_file=maybe(cfg.select.preset_file)),
+    )

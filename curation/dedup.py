@@ -16,7 +16,6 @@ their reason and the kept uid (or the matched evaluation set) as detail.
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 import time
 from collections.abc import Iterator
@@ -27,8 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import storage
+from curation.errors import InputError, StaleStageError
+from curation.lifecycle import StageSpec, input_files
 from curation.hashing import KeyResult, PhashMode, keys_many
-from curation.stage import SHARDS, ShardStats, StageDir, read_parquet, rejected_table
+from curation.stage import SHARDS, SettingsChangedError, ShardStats, StageDir, read_parquet, rejected_table
 from filters.dedup import (
     DECISIONS_SCHEMA,
     KEYS_SCHEMA,
@@ -40,13 +41,11 @@ from filters.dedup import (
 from schemas import HASH_LIST, UNIQUE, Reason
 
 STAGE = "dedup"
+INDEX_STAGE = "hash_index"
 HASHED_DIR = "_work/hashed"
-SETTINGS_FILE = "_work/settings.json"
 REQUIRED_INPUT = ("uid", "text", "width", "height", "image_bytes")
 
 
-class SettingsChangedError(RuntimeError):
-    pass
 
 
 def hashed_shard(index: int) -> str:
@@ -57,35 +56,16 @@ def final_shard(index: int) -> str:
     return f"part-f{index:06d}"
 
 
-def input_files(uri: str, options: storage.StorageOptions | None = None) -> list[str]:
-    """Parquet files of a stage folder's ``data/`` (or of a folder, glob or file list), sorted."""
-    stage = StageDir(uri, "?", options or storage.StorageOptions())
-    if storage.is_dir(stage.path("data"), stage.storage):
-        return stage.files()
-    files = [f for f in storage.expand_inputs([uri], options) if f.endswith(".parquet")]
-    if not files:
-        raise storage.StorageError(f"no parquet files in {uri} (expected a download stage folder with data/)")
-    return files
-
-
-def pin_settings(stage: StageDir, settings: dict) -> None:
-    """Shard names and decisions depend on the inputs and the rules: a resumed run must use the same."""
-    path = stage.path(SETTINGS_FILE)
-    text = json.dumps(settings, sort_keys=True)
-    if storage.exists(path, stage.storage):
-        if storage.read_bytes(path, stage.storage).decode() != text:
-            raise SettingsChangedError(
-                f"{stage.uri} was started with other inputs, rules or blocklist ({path}); rerun with the "
-                "same ones to resume, or pass --overwrite to start again"
-            )
-        return
-    storage.write_bytes_atomic(path, text.encode(), stage.storage)
+# the dedup stage reads the download stage's output (or parquet files with the same columns)
+SPEC = StageSpec(STAGE, upstream="download", input_columns=REQUIRED_INPUT, finished_input=False)
+# a blocklist is a hash-index output, a folder of HASH_LIST parquet files or such files
+BLOCKLIST_SPEC = StageSpec("dedup blocklist", upstream=INDEX_STAGE, input_columns=("image_phash",), finished_input=False)
 
 
 def check_columns(table: pa.Table, uri: str) -> None:
     missing = [c for c in REQUIRED_INPUT if c not in table.column_names]
     if missing:
-        raise ValueError(f"{uri}: dedup needs columns {list(REQUIRED_INPUT)}; missing {missing}")
+        raise InputError(f"{uri}: dedup needs columns {list(REQUIRED_INPUT)}; missing {missing}")
 
 
 def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[KeyResult]:
@@ -187,7 +167,7 @@ def apply_task(stage: StageDir, index: int, uri: str, decisions: pa.Table) -> Sh
     marker = stage.path(SHARDS, f"{hashed_shard(index)}.json")
     expected = ShardStats.from_json(storage.read_bytes(marker, stage.storage).decode()).rows_in
     if table.num_rows != expected:
-        raise ValueError(f"{uri} has {table.num_rows} rows but had {expected} when it was hashed: the input changed")
+        raise StaleStageError(f"{uri} has {table.num_rows} rows but had {expected} when it was hashed: the input changed")
     decisions = decisions.cast(DECISIONS_SCHEMA).filter(pc.equal(decisions.column("shard"), index))
     decided_rows = decisions.column("row")
     kept_keys = keys.filter(pc.invert(pc.is_in(keys.column("row"), decided_rows)))
@@ -206,7 +186,6 @@ def apply_task(stage: StageDir, index: int, uri: str, decisions: pa.Table) -> Sh
 
 # --- hash-index: pHash lists of evaluation sets (the blocklist of dedup) -------------------------
 
-INDEX_STAGE = "hash_index"
 IMAGE_COLUMNS = ("image_bytes", "image", "jpg", "jpeg", "png", "webp", "img", "bytes")  # parquet, first found
 
 
@@ -279,7 +258,7 @@ def _parquet_images(uri: str, options: storage.StorageOptions | None) -> Iterato
     table = read_parquet(uri, options)
     column = next((c for c in IMAGE_COLUMNS if c in table.column_names), None)
     if column is None:
-        raise ValueError(f"{uri}: no image column; hash-index looks for one of {list(IMAGE_COLUMNS)}")
+        raise InputError(f"{uri}: no image column; hash-index looks for one of {list(IMAGE_COLUMNS)}")
     values = table.column(column)
     if pa.types.is_struct(values.type):  # Hugging Face datasets store images as {bytes, path}
         values = pc.struct_field(values, "bytes")
@@ -325,7 +304,7 @@ def blocklist_files(uris: list[str], options: storage.StorageOptions | None = No
     """HASH_LIST parquet files of hash-index outputs (their data/), parquet files or folders."""
     files: list[str] = []
     for uri in uris:
-        files.extend(input_files(uri, options))
+        files.extend(input_files(BLOCKLIST_SPEC, [uri], options or storage.StorageOptions()))
     return sorted(dict.fromkeys(files))
 
 

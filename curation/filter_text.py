@@ -39,10 +39,6 @@ COUNT = "text_count"
 __all__ = ["STAGE", "CHECKED_DIR", "plan_buckets"]
 
 
-class InputNotReadyError(ValueError):
-    """The input is not a finished stage folder: no _SUCCESS (the stage that writes it did not end)."""
-
-
 def input_shard(index: int) -> str:
     return f"part-i{index:06d}"
 
@@ -53,16 +49,6 @@ def bucket_shard(bucket: int) -> str:
 
 def bucket_of(uid: str, n_buckets: int) -> int:
     return zlib.crc32(uid.encode("utf-8")) % n_buckets
-
-
-def input_files(uri: str, options: StorageOptions | None = None) -> list[str]:
-    """The kept-row files of a finished candidates stage (an extract output folder)."""
-    source = StageDir(uri, "candidates", options or StorageOptions())
-    if not storage.exists(uri, source.storage):
-        raise InputNotReadyError(f"input not found: {uri}")
-    if not source.is_complete():
-        raise InputNotReadyError(f"input {uri} has no _SUCCESS: the stage that writes it has not finished")
-    return source.files()
 
 
 # --- phase A: per-caption rules ------------------------------------------------------------------

@@ -29,6 +29,7 @@ from email.utils import format_datetime
 from urllib.parse import urljoin, urlsplit
 
 from curation import storage
+from curation.errors import InputError
 from curation.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,7 @@ def write_sample(
     ``{image_host}/images/`` that links resolve to, for a server to provide).
     """
     if pages < 3:
-        raise ValueError(f"pages must be at least 3, got {pages}")
+        raise InputError(f"pages must be at least 3, got {pages}")
     gen = _Generator(seed, image_host)
     all_pages = [gen.page(i) for i in range(pages)]
     third = pages // 3
@@ -460,7 +461,8 @@ def write_sample(
         if name != WARC_FILE:
             records = _wat_records(gen, records, group, source_name, name)
         path = storage.join(crawl, name)
-        storage.write_bytes_atomic(path, b"".join(rec.member() for rec in records), options)
+        # same bytes, same file: an unchanged sample keeps its mtime, so later stages stay current
+        storage.write_bytes_if_changed(path, b"".join(rec.member() for rec in records), options)
         files.append(path)
         log.info("wrote %s: %d pages, %d records", path, len(group), len(records))
     prefix = f"{gen.host}/images/"

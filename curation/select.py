@@ -31,6 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from curation.errors import CurationError
 from curation import storage
 from curation.config import Config
 from curation.stage import COMPRESSION, DATA, STATS, SUCCESS, StageDir, read_parquet
@@ -62,7 +63,7 @@ _BATCH_ROWS = 65_536
 _IMAGE_EXTENSIONS = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"RIFF", "webp"))
 
 
-class SelectError(ValueError):
+class SelectError(CurationError, ValueError):
     """A selection that cannot run as asked: no input files, no uid column, an output holding another one."""
 
 

@@ -40,8 +40,8 @@ class BlockedAddressError(OSError):
 
     An OSError so that urllib wraps it in a URLError like any other connection failure."""
 
-    def __init__(self, host: str, address: str, why: str) -> None:
-        super().__init__(f"{host} -> {address}: {why} address (not in allowed_addresses)")
+    def __init__(self, host: str, address: str, why: str, message: str | None = None) -> None:
+        super().__init__(message or f"{host} -> {address}: {why} address (not in allowed_addresses)")
         self.host, self.address, self.why = host, address, why
 
 
@@ -91,6 +91,17 @@ def parse_networks(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+LOCAL_NAMES = frozenset({"localhost"})  # resolved from the hosts file, never by DNS
+
+
+def _is_literal_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(info[4][0] for info in infos))
@@ -123,7 +134,14 @@ class AddressGuard:
         return ip
 
     def resolve(self, host: str, port: int) -> list[IPAddress]:
-        """Every address ``host`` resolves to, each checked; one blocked address blocks the host."""
+        """Every address ``host`` resolves to, each checked; one blocked address blocks the host.
+        With ``only_allowed`` a host name other than localhost is blocked without any lookup: a closed
+        run (the offline sample) sends no DNS query off the machine."""
+        if self.only_allowed and not _is_literal_address(host) and host.lower().rstrip(".") not in LOCAL_NAMES:
+            raise BlockedAddressError(
+                host, "", "unresolved name",
+                f"{host}: a host name is not looked up under only_allowed_addresses (literal addresses and localhost only)",
+            )
         return [self.check(host, a) for a in self.resolver(host, port)]
 
     def create_connection(self, address: tuple[str, int], timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None):

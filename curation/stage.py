@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.errors import IncompleteStageError, StaleStageError
 from curation.storage import StorageOptions
 from schemas import REJECTED, SHARD_STATS, Reason, Table
 
@@ -41,8 +42,12 @@ COMPRESSION = "zstd"
 INPUTS_FILE = "_work/inputs.json"
 
 
-class InputsChangedError(ValueError):
+class InputsChangedError(StaleStageError, ValueError):
     """A resumed run was given other inputs than the run it resumes."""
+
+
+class SettingsChangedError(StaleStageError, RuntimeError):
+    """A resumed run was given other settings (rules, blocklists) than the run it resumes."""
 
 
 class AccountingError(RuntimeError):
@@ -110,6 +115,10 @@ class StageDir:
     stage: str
     storage: StorageOptions = StorageOptions()
 
+    def __post_init__(self) -> None:
+        # made absolute here, on the driver: executors run in other working folders
+        object.__setattr__(self, "uri", storage.absolute(self.uri))
+
     def path(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)
 
@@ -132,29 +141,20 @@ class StageDir:
                 out[stats.shard] = stats
         return out
 
+    def require_markers(self, planned: set[str], shards: dict[str, ShardStats] | None = None) -> None:
+        """Raise IncompleteStageError naming the planned shards whose marker the driver cannot read."""
+        shards = self.completed_shards() if shards is None else shards
+        missing = sorted(set(planned) - set(shards))
+        if missing:
+            raise IncompleteStageError(
+                f"{self.stage}: {len(missing)} of {len(planned)} planned shards left no marker readable from "
+                f"the driver under {self.path(SHARDS)} (first: {', '.join(missing[:5])}); the stage is not "
+                "marked complete. On a cluster the output must be on storage the driver and every executor "
+                "share (s3://, or a shared mount with [storage] shared_local_paths = true); rerun to resume"
+            )
+
     def has_shard(self, shard: str) -> bool:
         return storage.exists(self.path(SHARDS, f"{shard}.json"), self.storage)
-
-    def finished_stats(self, overwrite: bool = False) -> dict | None:
-        """The stats of a complete stage (a rerun does nothing), or None when the stage must run."""
-        if overwrite or not self.is_complete():
-            return None
-        log.info("%s is complete (_SUCCESS present); nothing to do", self.uri)
-        return self.stats()
-
-    def pin_inputs(self, files: list[str]) -> None:
-        """Pin the input list to the output folder: a resumed run must see the same files, because
-        shard names are positions in this list."""
-        path = self.path(INPUTS_FILE)
-        if storage.exists(path, self.storage):
-            previous = json.loads(storage.read_bytes(path, self.storage))
-            if previous != files:
-                raise InputsChangedError(
-                    f"{self.uri} was started with {len(previous)} other input files; rerun with the same "
-                    "inputs to resume, or pass --overwrite to start again"
-                )
-            return
-        storage.write_bytes_atomic(path, json.dumps(files).encode(), self.storage)
 
     def prepare(self, overwrite: bool = False) -> None:
         """Create the folder; with ``overwrite`` remove what a previous run left; drop temp files."""
@@ -206,11 +206,23 @@ class StageDir:
         storage.write_bytes_atomic(self.path(SHARDS, f"{shard}.json"), stats.to_json().encode(), self.storage)
         return stats
 
-    def finalize(self, config: dict, started: float, inputs: list[str] | None = None, extra: dict | None = None) -> dict:
+    def finalize(
+        self,
+        config: dict,
+        started: float,
+        inputs: list[str] | None = None,
+        extra: dict | None = None,
+        planned: set[str] | None = None,
+    ) -> dict:
         """Sum the shard markers, check the accounting against the written data, write _stats.json
         then _SUCCESS. rows_in = rows entering the stage = sum of rows_in over shards that read the
-        stage's input (shards whose kept rows go to an intermediate folder feed later shards)."""
+        stage's input (shards whose kept rows go to an intermediate folder feed later shards).
+        ``planned``: every shard the stage planned; one without a marker the driver can read is an
+        error, never a silent zero."""
         shards = self.completed_shards()
+        if planned is not None:
+            self.require_markers(planned, shards)
+            shards = {name: s for name, s in shards.items() if name in planned}
         rejected: Counter = Counter()
         for s in shards.values():
             rejected.update(s.rejected)

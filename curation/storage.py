@@ -19,12 +19,14 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from curation.errors import ClusterPathError, CurationError
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_SCHEMES = ("", "file", "s3")
 
 
-class StorageError(Exception):
+class StorageError(CurationError):
     """A path that cannot be used: unsupported scheme, missing input, unreadable listing."""
 
 
@@ -33,6 +35,9 @@ class StorageOptions:
     s3_endpoint_url: str | None = None  # e.g. http://127.0.0.1:5000; default: $AWS_ENDPOINT_URL
     s3_region: str | None = None  # default: $AWS_DEFAULT_REGION or us-east-1
     s3_anonymous: bool = False  # public buckets such as s3://commoncrawl without credentials
+    # local paths are on a filesystem every executor mounts at the same place (NFS, Lustre, one machine);
+    # without it a non-local master refuses local paths (file:// URIs declare one path shared)
+    shared_local_paths: bool = False
 
     def resolved(self) -> StorageOptions:
         """Fill unset fields from the environment (done on the driver, then shipped to executors)."""
@@ -40,6 +45,7 @@ class StorageOptions:
             s3_endpoint_url=self.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
             s3_region=self.s3_region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
             s3_anonymous=self.s3_anonymous,
+            shared_local_paths=self.shared_local_paths,
         )
 
 
@@ -78,8 +84,37 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[pafs.Fi
     raise StorageError(f"unsupported path scheme {scheme!r} in {uri!r}; use a local path or s3://bucket/key")
 
 
-class PathEscapeError(ValueError):
+class PathEscapeError(CurationError, ValueError):
     """A path part that would leave the folder it is joined to (absolute, or with a ``..`` segment)."""
+
+
+def is_local(uri: str) -> bool:
+    return _scheme(uri) in ("", "file")
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute against this process's working folder (file:// URIs keep their
+    scheme); object-store URIs unchanged. Done on the driver before anything is shipped to executors,
+    whose working folders differ."""
+    if _scheme(uri) == "file":
+        return "file://" + os.path.abspath(uri[len("file://") :])
+    if _scheme(uri) == "":
+        return os.path.abspath(uri)
+    return uri
+
+
+def check_shared(uri: str, master: str | None, options: StorageOptions | None, what: str = "path") -> None:
+    """Refuse a plain local path when executors may run on other machines (a non-local master) and the
+    config does not declare local paths shared; ``file://`` URIs declare themselves."""
+    if master is None or master.startswith("local") or _scheme(uri) != "":
+        return
+    if options is not None and options.shared_local_paths:
+        return
+    raise ClusterPathError(
+        f"{what} {uri!r} is a local path but the Spark master is {master!r}: executors on other machines "
+        "cannot see it. Use s3://bucket/..., or a folder every node mounts at the same place and set "
+        "[storage] shared_local_paths = true (or write it as file:///...)"
+    )
 
 
 def join(base: str, *parts: str) -> str:
@@ -161,6 +196,16 @@ def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = N
     fs.move(tmp, path)
 
 
+def write_bytes_if_changed(uri: str, data: bytes, options: StorageOptions | None = None) -> bool:
+    """write_bytes_atomic unless the file already holds exactly ``data``; returns whether it wrote."""
+    fs, path = filesystem(uri, options)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File and info.size == len(data) and read_bytes(uri, options) == data:
+        return False
+    write_bytes_atomic(uri, data, options)
+    return True
+
+
 def temp_name(path: str) -> str:
     head, tail = posixpath.split(path)
     return posixpath.join(head, f".tmp-{uuid.uuid4().hex[:12]}-{tail}")
@@ -204,6 +249,7 @@ def _read_paths_file(uri: str, options: StorageOptions | None, base: str | None)
         raw = gzip.decompress(raw)
     if base is None:
         base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    base = absolute(base)
     out = []
     for line in io.StringIO(raw.decode("utf-8", errors="replace")):
         line = line.strip()
@@ -242,7 +288,7 @@ def expand_inputs(inputs: list[str], options: StorageOptions | None = None, path
                 log.warning("input folder %s holds no files", item)
             files.extend(found)
         elif exists(item, options):
-            files.append(item)
+            files.append(absolute(item))
         else:
             missing.append(item)
     if missing:

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.errors import CurationError
 from curation.hashing import PhashMode
 from schemas import Column, Reason, Table
 
@@ -116,7 +117,7 @@ MATCHES = Table("dedup_matches", (Column("phash", "int64", False), Column("detai
 DEDUP_KEYS = ("phash", "robust")
 
 
-class DedupConfigError(ValueError):
+class DedupConfigError(CurationError, ValueError):
     pass
 
 

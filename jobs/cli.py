@@ -14,8 +14,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from curation.config import ConfigError, load_config
-from curation.storage import StorageError
+from curation.config import load_config
+from curation.errors import CurationError
 
 app = typer.Typer(
     help="COYO-style image-text curation: Common Crawl -> candidates -> ... -> annotated parquet shards.",
@@ -57,13 +57,14 @@ def _print_stats(stats: dict) -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")  # messages hold [section] names, not markup
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line; [section] names are not markup
     raise typer.Exit(2)
 
 
 def _run_job(name: str, config: str | None, overrides: dict, verbose: bool, job: Callable, uses_spark: Callable = lambda cfg: True):
     """Load the config (CLI flags override it), build the Spark session, run ``job(spark, cfg)``.
-    Bad config, inputs or paths end with a clear one-line error and exit code 2.
+    A CurationError (bad config, inputs, paths, environment) ends with its one-line message and exit
+    code 2; any other exception is a bug and keeps its traceback.
     ``uses_spark(cfg)`` False: no session is built and the job gets None (a local engine)."""
     _setup_logging(verbose)
     try:
@@ -72,7 +73,7 @@ def _run_job(name: str, config: str | None, overrides: dict, verbose: bool, job:
 
         spark = build_spark_session(cfg.spark.master, f"curation-{name}", cfg.spark.conf) if uses_spark(cfg) else None
         return cfg, job(spark, cfg)
-    except (ConfigError, StorageError, ValueError) as e:
+    except CurationError as e:
         _fail(str(e))
 
 
@@ -185,7 +186,8 @@ def dedup(
     _, stats = _run_job(
         "dedup", config, overrides, verbose,
         lambda spark, cfg: job.run(
-            spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode, key=key), blocklist, overwrite
+            spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode, key=key),
+            overwrite=overwrite, blocklist=blocklist,
         ),
     )
     _print_stats(stats)
@@ -259,7 +261,7 @@ def models_init_random(
     _setup_logging(False)
     try:
         path = write_random_models(output, size, seed)
-    except ValueError as e:
+    except CurationError as e:
         _fail(str(e))
     console.print(f"wrote {path} (random weights: scores are meaningless)")
 
@@ -275,7 +277,7 @@ def models_check(models: Annotated[str, typer.Argument(help="MODELS.toml to chec
     try:
         cfg = load_models_config(models, options)
         check_weights(cfg, options)
-    except ValueError as e:
+    except CurationError as e:
         _fail(str(e))
     for column, what in describe_columns(cfg).items():
         console.print(f"{column:<26} {what}", markup=False)
@@ -401,7 +403,14 @@ def pipeline(
     cfg, manifest = _run_job("pipeline", config, overrides, verbose, lambda spark, cfg: job.run(spark, cfg, overwrite))
     for name, stats in manifest["stages"].items():
         _print_stats({"stage": name, **stats})
-    console.print(f"run manifest: {cfg.pipeline.run_root}/_manifest.json")
+    from curation.report import REPORT_NAME
+    from curation.storage import join
+
+    root = manifest["run_root"]
+    if "annotate" in manifest["stages"]:
+        console.print(f"annotated shards: {join(root, 'annotate', 'data')}", markup=False)
+    console.print(f"report:           {join(root, REPORT_NAME)}", markup=False)
+    console.print(f"run manifest:     {join(root, '_manifest.json')}", markup=False)
 
 
 @app.command()
@@ -420,15 +429,26 @@ def sample(
 
 
 @app.command()
-def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder.")], s3_endpoint: EndpointOpt = None) -> None:
-    """Print a stage's _stats.json."""
+def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder, or a run root (every stage's stats).")], s3_endpoint: EndpointOpt = None) -> None:
+    """Print a stage's _stats.json (or, for a run root, each stage's)."""
+    from curation import storage
     from curation.stage import StageDir
     from curation.storage import StorageOptions
 
-    stage = StageDir(run_dir, "?", StorageOptions(s3_endpoint_url=s3_endpoint).resolved())
-    if not stage.is_complete():
-        _fail(f"{run_dir} has no _SUCCESS: the stage did not finish (rerun it to resume)")
-    typer.echo(json.dumps(stage.stats(), indent=2))
+    from curation.report import find_stages
+    from curation.stage import STATS
+
+    options = StorageOptions(s3_endpoint_url=s3_endpoint).resolved()
+    stage = StageDir(run_dir, "?", options)
+    try:
+        if stage.is_complete():
+            typer.echo(json.dumps(stage.stats(), indent=2))
+        elif storage.exists(stage.path(STATS), options) or storage.is_dir(stage.path("_shards"), options):
+            _fail(f"{run_dir} has no _SUCCESS: the stage did not finish (rerun it to resume)")
+        else:  # a run root: every stage's stats
+            typer.echo(json.dumps(find_stages(run_dir, options), indent=2))
+    except CurationError as e:
+        _fail(str(e))
 
 
 def main() -> None:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from functools import partial
 
 from pyspark.sql import SparkSession
 
-from curation import storage
-from curation.config import Config
+from curation.config import Config, ConfigError
 from curation.download import STAGE, WorkItem, download_task, pending_transient, plan_work, run_local
-from curation.filter_text import input_files
-from curation.stage import SUCCESS, StageDir
-from curation.stage import shard_stats_batch
+from curation.lifecycle import StageSpec, Work, run_stage, input_files
+from curation.stage import StageDir, shard_stats_batch
+from jobs.partitions import as_list, distribute, run_context
 from schemas import SHARD_STATS
 
 log = logging.getLogger(__name__)
-
+SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=("uid", "url", "text"))
 WORK_SCHEMA = "uri string, start long, stop long, shard string"
 
 
@@ -28,44 +26,30 @@ def _download_partition(batches, stage: StageDir, opts):
         yield shard_stats_batch([download_task(WorkItem(**row), stage, opts) for row in batch.to_pylist()])
 
 
-def _run_spark(spark: SparkSession, stage: StageDir, items: list[WorkItem], opts) -> int:
-    df = spark.createDataFrame([dataclasses.astuple(i) for i in items], WORK_SCHEMA).repartition(min(len(items), 10_000))
-    done = df.mapInArrow(partial(_download_partition, stage=stage, opts=opts), SHARD_STATS.spark_schema()).collect()
-    return sum(not r.skipped for r in done)
-
-
-def run(spark: SparkSession | None, source: str, output: str, config: Config, overwrite: bool = False) -> dict:
-    """Fetch every row of the finished stage at ``source`` into ``output``; ``spark`` may be None for
+def run(spark: SparkSession | None, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
+        redo_stale: bool = False) -> dict:
+    """Fetch every row of the finished stage at ``inputs`` into ``output``; ``spark`` may be None for
     ``engine = "local"``. A rerun finishes missing shards and retries transient failures."""
-    started = time.time()
     opts = config.download
+    if opts.engine == "spark" and spark is None:
+        raise ConfigError("[download] engine = 'spark' needs a Spark session")
     stage = StageDir(output, STAGE, config.storage.resolved())
-    if stage.is_complete() and not overwrite and not (opts.retry_transient and pending_transient(stage)):
-        log.info("%s is complete (_SUCCESS present, no transient failures to retry); nothing to do", output)
-        return stage.stats()
-    files = input_files(source, stage.storage)
-    stage.prepare(overwrite=overwrite)
-    stage.pin_inputs(files)
-    storage.delete(stage.path(SUCCESS), stage.storage)  # shards may change from here on
-    items = plan_work(files, opts.rows_per_shard, stage.storage)
-    log.info("download: %d input files, %d shards (%s engine) -> %s", len(files), len(items), opts.engine, output)
+    files = input_files(SPEC, as_list(inputs), stage.storage)
 
-    if items and opts.engine == "local":
-        written = sum(not s.extra.get("skipped") for s in run_local(stage, items, opts))
-    elif items:
-        if spark is None:
-            raise ValueError("[download] engine = 'spark' needs a Spark session")
-        written = _run_spark(spark, stage, items, opts)
-    else:
-        written = 0
-    log.info("download: wrote %d shards", written)
+    def work(stage: StageDir, files: list[str]) -> Work:
+        items = plan_work(files, opts.rows_per_shard, stage.storage)
+        log.info("download: %d input files, %d shards (%s engine) -> %s", len(files), len(items), opts.engine, stage.uri)
+        if opts.engine == "local":
+            written = sum(not s.extra.get("skipped") for s in run_local(stage, items, opts))
+        else:
+            task = partial(_download_partition, stage=stage, opts=opts)
+            done = distribute(spark, [dataclasses.astuple(i) for i in items], WORK_SCHEMA, task, SHARD_STATS.spark_schema())
+            written = sum(not r.skipped for r in done)
+        log.info("download: wrote %d shards", written)
+        return Work({i.shard for i in items}, {"transient": pending_transient(stage)})
 
-    stats = stage.finalize(config.to_dict(), started, inputs=files, extra={"transient": pending_transient(stage)})
-    log.info("download: %d rows in, %d kept, rejected %s", stats["rows_in"], stats["rows_out"], stats["rejected"])
-    return stats
+    def retry_pending(stage: StageDir) -> bool:
+        return opts.retry_transient and pending_transient(stage) > 0
 
-
-if __name__ == "__main__":
-    from jobs.cli import submit_main
-
-    submit_main("download")
+    return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale),
+                     rerun_complete=retry_pending)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 
 from pyspark.sql import SparkSession
@@ -11,21 +10,27 @@ from pyspark.sql.types import IntegerType
 
 from curation import storage
 from curation.config import Config
+from curation.errors import InputError
 from curation.extract import (
     LINKS_DIR,
     STAGE,
+    bucket_shard,
     dedup_partition,
     extract_task,
+    file_shard,
     link_files,
     plan_buckets,
     read_links_by_bucket,
     stats_extra,
 )
+from curation.lifecycle import StageSpec, Work, run_stage
 from curation.stage import StageDir
-from jobs.partitions import file_tasks, table_task
+from jobs.partitions import MAX_TASKS, as_list, distribute, file_tasks, run_context, table_task
 from schemas import EXTRACTED_LINKS, SHARD_STATS
 
 log = logging.getLogger(__name__)
+SPEC = StageSpec(STAGE, upstream=None)
+CRAWL_RECORDS = ("wat_json", "http_response")  # the record kinds links come from
 
 
 def _read_links_partition(batches, stage: StageDir, n_buckets: int, skip: set[int]):
@@ -34,44 +39,51 @@ def _read_links_partition(batches, stage: StageDir, n_buckets: int, skip: set[in
             yield from table.to_batches()
 
 
-def run(spark: SparkSession, inputs: list[str], output: str, config: Config, overwrite: bool = False) -> dict:
-    started = time.time()
-    stage = StageDir(output, STAGE, config.storage.resolved())
-    if (finished := stage.finished_stats(overwrite)) is not None:
-        return finished
-    files = storage.expand_inputs(inputs, stage.storage, config.extract.paths_base)
-    stage.prepare(overwrite=overwrite)
-    stage.pin_inputs(files)
-    log.info("extract: %d input files -> %s", len(files), output)
-
+def _phase_a(spark: SparkSession, stage: StageDir, files: list[str], config: Config) -> set[str]:
+    """One task per crawl file; every file's marker must be readable here before the links are bucketed."""
     todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
-    if todo:
-        df = spark.createDataFrame(todo, "index int, uri string").repartition(min(len(todo), 10_000))
-        done = df.mapInArrow(partial(file_tasks, task=extract_task, stage=stage, rules=config.extract.rules), SHARD_STATS.spark_schema()).collect()
-        log.info("extract: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
+    task = partial(file_tasks, task=extract_task, stage=stage, rules=config.extract.rules)
+    done = distribute(spark, todo, "index int, uri string", task, SHARD_STATS.spark_schema())
+    log.info("extract: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
+    planned = {file_shard(i) for i in range(len(files))}
+    stage.require_markers(planned)
+    return planned
 
-    n_links = sum(s.rows_out for s in stage.completed_shards().values() if s.kept_dir == LINKS_DIR)
-    n_buckets = plan_buckets(n_links, config.extract.rows_per_shard)
+
+def _phase_b(spark: SparkSession, stage: StageDir, n_buckets: int) -> set[str]:
+    """Links shuffled into uid buckets; returns the bucket shards that exist (empty buckets have none)."""
     completed = {name for name in stage.completed_shards() if name.startswith("part-b")}
-    skip = {int(name[len("part-b"):]) for name in completed}
+    skip = {int(name[len("part-b") :]) for name in completed}
     uris = link_files(stage)
-    if uris and len(skip) < n_buckets:
-        link_schema = EXTRACTED_LINKS.spark_schema().add("bucket", IntegerType(), False)
-        paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), 10_000))
-        links = paths.mapInArrow(partial(_read_links_partition, stage=stage, n_buckets=n_buckets, skip=skip), link_schema)
-        written = links.repartition(min(n_buckets, 10_000), "bucket").mapInArrow(
-            partial(table_task, task=dedup_partition, stage=stage), SHARD_STATS.spark_schema()
-        ).collect()
-        log.info("extract: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
-
-    stats = stage.finalize(config.to_dict(), started, inputs=files, extra={**stats_extra(stage), "buckets": n_buckets})
-    log.info(
-        "extract: %d links in, %d candidates out, rejected %s", stats["rows_in"], stats["rows_out"], stats["rejected"]
-    )
-    return stats
+    if not uris or len(skip) >= n_buckets:
+        return completed
+    link_schema = EXTRACTED_LINKS.spark_schema().add("bucket", IntegerType(), False)
+    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
+    links = paths.mapInArrow(partial(_read_links_partition, stage=stage, n_buckets=n_buckets, skip=skip), link_schema)
+    written = links.repartition(min(n_buckets, MAX_TASKS), "bucket").mapInArrow(
+        partial(table_task, task=dedup_partition, stage=stage), SHARD_STATS.spark_schema()
+    ).collect()
+    log.info("extract: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
+    return completed | {r.shard for r in written}
 
 
-if __name__ == "__main__":
-    from jobs.cli import submit_main
+def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
+        redo_stale: bool = False) -> dict:
+    stage = StageDir(output, STAGE, config.storage.resolved())
+    files = storage.expand_inputs(as_list(inputs), stage.storage, config.extract.paths_base)
+    if not files:
+        raise InputError(f"no crawl files in {as_list(inputs)}")
+    log.info("extract: %d input files -> %s", len(files), stage.uri)
 
-    submit_main("extract")
+    def work(stage: StageDir, files: list[str]) -> Work:
+        planned = _phase_a(spark, stage, files, config)
+        extra = stats_extra(stage)
+        if not any(extra["records"].get(kind) for kind in CRAWL_RECORDS):
+            problems = "; ".join(f"{e['file']}: {e['error']}" for e in extra["file_errors"][:5])
+            raise InputError(f"none of the {len(files)} input files held a crawl record{': ' + problems if problems else ''}")
+        n_links = sum(s.rows_out for s in stage.completed_shards().values() if s.kept_dir == LINKS_DIR)
+        n_buckets = plan_buckets(n_links, config.extract.rows_per_shard)
+        planned |= _phase_b(spark, stage, n_buckets) & {bucket_shard(b) for b in range(n_buckets)}
+        return Work(planned, {**extra, "buckets": n_buckets})
+
+    return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale))

@@ -4,7 +4,6 @@ and counts text keys with a Spark aggregation (groupBy key, count, join back), n
 from __future__ import annotations
 
 import logging
-import time
 from functools import partial
 
 from pyspark.sql import DataFrame, SparkSession
@@ -18,17 +17,20 @@ from curation.filter_text import (
     COUNT,
     KEY,
     STAGE,
+    bucket_shard,
     check_task,
     frequency_partition,
-    input_files,
+    input_shard,
     plan_buckets,
     read_checked,
 )
+from curation.lifecycle import StageSpec, Work, run_stage, input_files
 from curation.stage import StageDir
-from jobs.partitions import file_tasks, table_task
-from schemas import SHARD_STATS, TEXT_OK
+from jobs.partitions import MAX_TASKS, as_list, distribute, file_tasks, run_context, table_task
+from schemas import CANDIDATES, SHARD_STATS, TEXT_OK
 
 log = logging.getLogger(__name__)
+SPEC = StageSpec(STAGE, upstream="extract", input_columns=tuple(CANDIDATES.names))
 
 
 def _read_checked_partition(batches, stage: StageDir, n_buckets: int):
@@ -46,45 +48,43 @@ def _with_counts(rows: DataFrame, max_frequency: int) -> DataFrame:
     return rows.join(frequent, on=KEY, how="left")
 
 
-def run(spark: SparkSession, source: str, output: str, config: Config, overwrite: bool = False) -> dict:
-    started = time.time()
-    opts = config.filter_text
-    stage = StageDir(output, STAGE, config.storage.resolved())
-    if (finished := stage.finished_stats(overwrite)) is not None:
-        return finished
-    files = input_files(source, stage.storage)
-    stage.prepare(overwrite=overwrite)
-    stage.pin_inputs(files)
-    log.info("filter-text: %d candidate files -> %s", len(files), output)
-
-    todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
-    if todo:
-        df = spark.createDataFrame(todo, "index int, uri string").repartition(min(len(todo), 10_000))
-        done = df.mapInArrow(partial(file_tasks, task=check_task, stage=stage, rules=opts.rules), SHARD_STATS.spark_schema()).collect()
-        log.info("filter-text: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
-
-    n_rows = sum(s.rows_out for s in stage.completed_shards().values() if s.kept_dir == CHECKED_DIR)
-    n_buckets = plan_buckets(n_rows, opts.rows_per_shard)
-    skip = [int(name[len("part-b") :]) for name in stage.completed_shards() if name.startswith("part-b")]
+def _phase_b(spark: SparkSession, stage: StageDir, n_buckets: int, config: Config) -> set[str]:
+    """Rows counted by text key and shuffled into uid buckets; returns the bucket shards that exist."""
+    rules = config.filter_text.rules
+    completed = {name for name in stage.completed_shards() if name.startswith("part-b")}
+    skip = [int(name[len("part-b") :]) for name in completed]
     uris = stage.files(CHECKED_DIR)
-    if uris and len(skip) < n_buckets:
-        schema = TEXT_OK.spark_schema().add(KEY, StringType(), False).add(BUCKET, IntegerType(), False)
-        paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), 10_000))
-        rows = paths.mapInArrow(partial(_read_checked_partition, stage=stage, n_buckets=n_buckets), schema)
-        rows = _with_counts(rows, opts.rules.max_frequency)
-        if skip:
-            rows = rows.where(~F.col(BUCKET).isin(skip))
-        written = rows.repartition(min(n_buckets, 10_000), BUCKET).mapInArrow(
-            partial(table_task, task=frequency_partition, stage=stage, rules=opts.rules), SHARD_STATS.spark_schema()
-        ).collect()
-        log.info("filter-text: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
-
-    stats = stage.finalize(config.to_dict(), started, inputs=files, extra={"buckets": n_buckets})
-    log.info("filter-text: %d rows in, %d out, rejected %s", stats["rows_in"], stats["rows_out"], stats["rejected"])
-    return stats
+    if not uris or len(skip) >= n_buckets:
+        return completed
+    schema = TEXT_OK.spark_schema().add(KEY, StringType(), False).add(BUCKET, IntegerType(), False)
+    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
+    rows = _with_counts(paths.mapInArrow(partial(_read_checked_partition, stage=stage, n_buckets=n_buckets), schema),
+                        rules.max_frequency)
+    if skip:
+        rows = rows.where(~F.col(BUCKET).isin(skip))
+    written = rows.repartition(min(n_buckets, MAX_TASKS), BUCKET).mapInArrow(
+        partial(table_task, task=frequency_partition, stage=stage, rules=rules), SHARD_STATS.spark_schema()
+    ).collect()
+    log.info("filter-text: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
+    return completed | {r.shard for r in written}
 
 
-if __name__ == "__main__":
-    from jobs.cli import submit_main
+def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
+        redo_stale: bool = False) -> dict:
+    stage = StageDir(output, STAGE, config.storage.resolved())
+    files = input_files(SPEC, as_list(inputs), stage.storage)
+    log.info("filter-text: %d candidate files -> %s", len(files), stage.uri)
 
-    submit_main("filter-text")
+    def work(stage: StageDir, files: list[str]) -> Work:
+        todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
+        task = partial(file_tasks, task=check_task, stage=stage, rules=config.filter_text.rules)
+        done = distribute(spark, todo, "index int, uri string", task, SHARD_STATS.spark_schema())
+        log.info("filter-text: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
+        planned = {input_shard(i) for i in range(len(files))}
+        stage.require_markers(planned)
+        n_rows = sum(s.rows_out for s in stage.completed_shards().values() if s.kept_dir == CHECKED_DIR)
+        n_buckets = plan_buckets(n_rows, config.filter_text.rows_per_shard)
+        planned |= _phase_b(spark, stage, n_buckets, config) & {bucket_shard(b) for b in range(n_buckets)}
+        return Work(planned, {"buckets": n_buckets})
+
+    return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale))

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
+from pyspark.sql import SparkSession
 
+from curation.lifecycle import RunContext
 from curation.stage import StageDir, shard_stats_batch
 
 
@@ -27,3 +29,24 @@ def table_task(batches, task: Callable, stage: StageDir, **kwargs) -> Iterator[p
     table = whole_partition(batches)
     if table is not None:
         yield shard_stats_batch(task(stage, table, **kwargs))
+
+
+MAX_TASKS = 10_000  # one Spark partition per unit of work, up to this many
+
+
+def distribute(spark: SparkSession, rows: list, ddl: str, partition_fn: Callable, schema) -> list:
+    """One Spark task per row of work (up to MAX_TASKS partitions): ``partition_fn`` runs over each
+    partition with mapInArrow; returns the collected SHARD_STATS rows (one per shard the tasks handled)."""
+    if not rows:
+        return []
+    df = spark.createDataFrame(rows, ddl).repartition(min(len(rows), MAX_TASKS))
+    return df.mapInArrow(partition_fn, schema).collect()
+
+
+def run_context(spark: SparkSession | None, overwrite: bool, redo_stale: bool) -> RunContext:
+    """The lifecycle's view of this run: the master the tasks go to (None without Spark)."""
+    return RunContext(master=spark.sparkContext.master if spark is not None else None, overwrite=overwrite, redo_stale=redo_stale)
+
+
+def as_list(inputs: str | list[str]) -> list[str]:
+    return [inputs] if isinstance(inputs, str) else list(inputs)

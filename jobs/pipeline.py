@@ -1,8 +1,15 @@
-"""`curation pipeline`: every stage in order, each into RUN_ROOT/<stage>/, with a run manifest."""
+"""`curation pipeline`: every stage in order, each into RUN_ROOT/<stage>/, with a run manifest.
+
+Every job has the same ``run(spark, inputs, output, config, overwrite, redo_stale)`` shape and its
+``SPEC`` names the stage it reads, so the pipeline is a loop. A stage whose input changed since it was
+built (e.g. download recovered transient failures on a rerun) is redone (``[pipeline] redo_stale``),
+and before the manifest is written every stage must have consumed exactly what the one before it kept.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import platform
@@ -11,70 +18,62 @@ import time
 from pyspark.sql import SparkSession
 
 from curation import __version__, storage
-from curation.config import Config
+from curation.config import Config, ConfigError
+from curation.errors import StaleStageError
 
 log = logging.getLogger(__name__)
 
-
-def _extract(spark: SparkSession, cfg: Config, inputs: list[str], out: str, overwrite: bool) -> dict:
-    from jobs import extract
-
-    return extract.run(spark, inputs, out, cfg, overwrite=overwrite)
-
-
-def _filter_text(spark: SparkSession, cfg: Config, inputs: list[str], out: str, overwrite: bool) -> dict:
-    from jobs import filter_text
-
-    return filter_text.run(spark, inputs[0], out, cfg, overwrite=overwrite)
-
-
-def _download(spark: SparkSession, cfg: Config, inputs: list[str], out: str, overwrite: bool) -> dict:
-    from jobs import download
-
-    return download.run(spark, inputs[0], out, cfg, overwrite=overwrite)
-
-
-def _dedup(spark: SparkSession, cfg: Config, inputs: list[str], out: str, overwrite: bool) -> dict:
-    from jobs import dedup
-
-    return dedup.run(spark, inputs[0], out, cfg, overwrite=overwrite)  # blocklist: [dedup] blocklist
-
-
-def _annotate(spark: SparkSession, cfg: Config, inputs: list[str], out: str, overwrite: bool) -> dict:
-    from jobs import annotate
-
-    return annotate.run(spark, inputs, out, cfg, overwrite=overwrite)
-
-
-# stage name -> (runner, the stage whose output it reads; None = the crawl inputs)
+# the stages in order: folder name -> job module
 STAGES = {
-    "extract": (_extract, None),
-    "filter-text": (_filter_text, "extract"),
-    "download": (_download, "filter-text"),
-    "dedup": (_dedup, "download"),
-    "annotate": (_annotate, "dedup"),
+    "extract": "jobs.extract",
+    "filter-text": "jobs.filter_text",
+    "download": "jobs.download",
+    "dedup": "jobs.dedup",
+    "annotate": "jobs.annotate",
 }
 
 
-def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
-    root = cfg.pipeline.run_root
-    opts = cfg.storage.resolved()
-    inputs = list(cfg.pipeline.inputs)
-    if cfg.pipeline.sample:
-        from curation.sample import write_sample
+def folder_of(stage_name: str) -> str:
+    """The run-root folder of a stage (the SPEC name with dashes)."""
+    return stage_name.replace("_", "-")
 
-        sample_dir = storage.join(root, "input")  # local or s3://, like every stage folder
-        image_host = f"http://127.0.0.1:{cfg.pipeline.sample_image_port}"
-        manifest = write_sample(sample_dir, pages=cfg.pipeline.sample_pages, image_host=image_host, options=opts)
-        image_names = manifest["image_names"]
-        inputs.append(storage.join(sample_dir, "crawl"))
-        log.info("pipeline: embedded sample written to %s (%d pages)", sample_dir, manifest["pages"])
-    if not inputs:
-        raise ValueError("no inputs: set [pipeline] inputs = [...] or sample = true in the config")
+
+def check_chain(results: dict[str, dict]) -> None:
+    """rows_in(next) == rows_out(previous) for consecutive stages of this run."""
+    names = [n for n in STAGES if n in results]
+    for prev, nxt in zip(names, names[1:]):
+        if results[nxt]["rows_in"] != results[prev]["rows_out"]:
+            raise StaleStageError(
+                f"{nxt} consumed {results[nxt]['rows_in']:,} rows but {prev} now keeps {results[prev]['rows_out']:,}: "
+                f"{nxt} was built from an older {prev} output; rerun with --overwrite"
+            )
+
+
+def _sample_inputs(cfg: Config, root: str) -> tuple[list[str], list[str]]:
+    from curation.sample import write_sample
+
+    sample_dir = storage.join(root, "input")  # local or s3://, like every stage folder
+    image_host = f"http://127.0.0.1:{cfg.pipeline.sample_image_port}"
+    manifest = write_sample(sample_dir, pages=cfg.pipeline.sample_pages, image_host=image_host, options=cfg.storage.resolved())
+    log.info("pipeline: embedded sample written to %s (%d pages)", sample_dir, manifest["pages"])
+    return [storage.join(sample_dir, "crawl")], manifest["image_names"]
+
+
+def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
+    root = storage.absolute(cfg.pipeline.run_root)
+    opts = cfg.storage.resolved()
+    storage.check_shared(root, spark.sparkContext.master, opts, "[pipeline] run_root")
     wanted = list(cfg.pipeline.stages) or list(STAGES)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; the pipeline has {list(STAGES)}")
+        raise ConfigError(f"[pipeline] stages: unknown stage(s) {unknown}; the pipeline has {list(STAGES)}")
+    inputs = [storage.absolute(i) for i in cfg.pipeline.inputs]
+    image_names: list[str] = []
+    if cfg.pipeline.sample:
+        sample, image_names = _sample_inputs(cfg, root)
+        inputs += sample
+    if not inputs:
+        raise ConfigError("no inputs: set [pipeline] inputs = [...] or sample = true in the config")
     started = time.time()
     results: dict[str, dict] = {}
     images = contextlib.nullcontext()
@@ -83,22 +82,27 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
 
         images = ImageServer(sample_routes(image_names), cfg.pipeline.sample_image_port)
     with images:
-        for name in STAGES:
+        for name, module in STAGES.items():
             if name not in wanted:
                 continue
-            runner, upstream = STAGES[name]
-            stage_inputs = inputs if upstream is None else [storage.join(root, upstream)]
+            job = importlib.import_module(module)
+            upstream = job.SPEC.upstream
+            stage_inputs = inputs if upstream is None else [storage.join(root, folder_of(upstream))]
             log.info("pipeline: stage %s", name)
-            results[name] = runner(spark, cfg, stage_inputs, storage.join(root, name), overwrite)
+            results[name] = job.run(spark, stage_inputs, storage.join(root, name), cfg, overwrite=overwrite,
+                                    redo_stale=cfg.pipeline.redo_stale)
+    check_chain(results)
     manifest = {
         "version": __version__,
         "python": platform.python_version(),
         "spark": spark.version,
+        "master": spark.sparkContext.master,
+        "run_root": root,
         "inputs": inputs,
         "config": cfg.to_dict(),
         "elapsed_seconds": round(time.time() - started, 3),
         "stages": {
-            name: {k: v for k, v in s.items() if k in ("rows_in", "rows_out", "rejected", "elapsed_seconds")}
+            name: {k: v for k, v in s.items() if k in ("rows_in", "rows_out", "rejected", "elapsed_seconds", "input_fingerprint")}
             for name, s in results.items()
         },
     }
@@ -107,9 +111,3 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
 
     write_report(root, storage.join(root, REPORT_NAME), cfg)  # covers whichever stage folders the run holds
     return manifest
-
-
-if __name__ == "__main__":
-    from jobs.cli import submit_main
-
-    submit_main("pipeline")

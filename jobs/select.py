@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import storage
-from curation.config import Config
+from curation.config import Config, ConfigError
 from curation.select import (
     UID,
     VIEW,
@@ -97,7 +97,7 @@ def run(
     files = input_files(input_uri, options)
     if cfg.select.engine == "spark":
         if spark is None:
-            raise ValueError("engine 'spark' needs a Spark session")
+            raise ConfigError("[select] engine 'spark' needs a Spark session")
         columns = list(dict.fromkeys([UID, *[c for c in preset.columns if c in input_schema(files, options).names]]))
         engine = SparkEngine(spark, files, columns, options)
     else:
@@ -105,8 +105,3 @@ def run(
     plan = Materialize(cfg.select.rows_per_shard, cfg.select.webdataset) if materialize else None
     return run_select(engine, preset, input_uri, files, output, options, plan, overwrite)
 
-
-if __name__ == "__main__":
-    from jobs.cli import submit_main
-
-    submit_main("select")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 
+from pyspark.errors import PySparkRuntimeError
 from pyspark.sql import SparkSession
+
+from curation.errors import CurationError
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +22,22 @@ DEFAULT_CONF = {
     "spark.driver.memory": "2g",
     "spark.sql.session.timeZone": "UTC",
 }
+
+
+class SparkStartError(CurationError):
+    """Spark could not start on this machine (no usable Java)."""
+
+
+JAVA_HELP = "install Java 17 (e.g. apt-get install openjdk-17-jre-headless) and point JAVA_HOME at it, or unset JAVA_HOME to use the java on PATH"
+
+
+def _check_java() -> None:
+    """Spark needs a JVM: say so in one line before its launcher script fails with a shell error."""
+    home = os.environ.get("JAVA_HOME")
+    if home and not os.access(os.path.join(home, "bin", "java"), os.X_OK):
+        raise SparkStartError(f"JAVA_HOME={home} has no bin/java: {JAVA_HELP}")
+    if not home and shutil.which("java") is None:
+        raise SparkStartError(f"no java on PATH and JAVA_HOME is unset: Spark needs Java 17; {JAVA_HELP}")
 
 
 def build_spark_session(
@@ -38,6 +58,13 @@ def build_spark_session(
         if key == "spark.driver.memory" and os.environ.get("CURATION_SPARK_SUBMIT"):
             continue  # the driver JVM is already running under spark-submit
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    _check_java()
+    try:
+        spark = builder.getOrCreate()
+    except PySparkRuntimeError as e:
+        if "JAVA_GATEWAY_EXITED" not in str(e) and getattr(e, "getErrorClass", lambda: None)() != "JAVA_GATEWAY_EXITED":
+            raise
+        java = os.environ.get("JAVA_HOME") or "unset (java from PATH)"
+        raise SparkStartError(f"Spark's Java process did not start (JAVA_HOME={java}): {JAVA_HELP}") from None
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -13,8 +13,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from curation.errors import CurationError
 
-class ModelError(ValueError):
+
+class ModelError(CurationError, ValueError):
     """A model cannot be built or loaded (bad architecture name, wrong checkpoint shape, ...): a
     configuration problem, reported by the CLI as a one-line error."""
 

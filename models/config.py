@@ -37,12 +37,13 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from curation.errors import CurationError
 from curation import storage
 
 FACE_DETECTORS = ("opencv-haar", "none")
 
 
-class ModelsConfigError(ValueError):
+class ModelsConfigError(CurationError, ValueError):
     pass
 
 
@@ -169,6 +170,7 @@ def load_models_config(uri: str | None, options: storage.StorageOptions | None =
     """Read MODELS.toml (local or s3://); ``None`` gives the offline defaults (nudenet, Haar, tokens)."""
     if uri is None:
         return ModelsConfig()
+    uri = storage.absolute(uri)  # its relative values resolve against an absolute folder, on the driver
     if not storage.exists(uri, options):
         raise ModelsConfigError(f"models config not found: {uri}")
     try:

@@ -14,6 +14,7 @@ import logging
 from curation import storage
 from curation.storage import StorageOptions
 from models import weights
+from models.base import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def write_random_models(out_dir: str, size: str = "tiny", seed: int = 0, options
     from models.heads import aesthetic_mlp, watermark_net
 
     if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+        raise ModelError(f"size must be one of {SIZES}, got {size!r}")
     sections: dict[str, dict] = {}
     with torch.no_grad():
         for i, section in enumerate(("clip_vitb32", "clip_vitl14")):

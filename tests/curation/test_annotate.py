@@ -7,11 +7,12 @@ import hashlib
 import pyarrow as pa
 import pytest
 
+from curation.lifecycle import input_files
 from curation.annotate import (
+    SPEC,
     InputError,
     annotate_task,
     collision_groups,
-    input_files,
     plan_chunks,
     read_chunk,
     reassign_ids,
@@ -62,7 +63,7 @@ def test_collisions_keep_the_smallest_uid_and_move_the_others_to_free_ids():
 
 def test_chunks_follow_row_groups_and_cover_every_row(tmp_path):
     folder = write_unique(tmp_path / "unique", [b"x"] * 11, files=2, row_group_size=2)
-    files = input_files([str(folder)])
+    files = input_files(SPEC, [str(folder)])
     chunks = plan_chunks(files, rows_per_shard=4)
     assert [c.shard for c in chunks] == ["part-00000-0000", "part-00000-0001", "part-00001-0000", "part-00001-0001"]
     uids = [u for c in chunks for u in read_chunk(c).column("uid").to_pylist()]
@@ -74,8 +75,10 @@ def test_input_without_image_phash_is_refused_clearly(tmp_path):
     folder = write_unique(tmp_path / "unique", [b"x"] * 2)
     table = pa.parquet.read_table(folder / "data" / "part-00000.parquet").drop_columns(["image_phash"])
     pa.parquet.write_table(table, folder / "data" / "part-00000.parquet")
-    chunk = plan_chunks(input_files([str(folder)]), 10)[0]
-    with pytest.raises(InputError, match=r"lacks columns \['image_phash'\]"):
+    with pytest.raises(InputError, match=r"lacks columns \['image_phash'\]"):  # at planning, on the driver
+        input_files(SPEC, [str(folder)])
+    chunk = plan_chunks([str(folder / "data" / "part-00000.parquet")], 10)[0]
+    with pytest.raises(InputError, match=r"lacks columns \['image_phash'\]"):  # and in a task given such a file
         read_chunk(chunk)
 
 
@@ -84,7 +87,7 @@ def test_task_writes_all_coyo_columns_and_rejects_undecodable_images(tmp_path, t
     folder = write_unique(tmp_path / "unique", images)
     stage = StageDir(str(tmp_path / "out"), "annotate")
     stage.prepare()
-    chunk = plan_chunks(input_files([str(folder)]), 10)[0]
+    chunk = plan_chunks(input_files(SPEC, [str(folder)]), 10)[0]
     stats = annotate_task(stage, chunk, tiny_models, RunOptions(device="cpu", batch_size=2))
     assert (stats.rows_in, stats.rows_out, stats.rejected) == (4, 3, {"not_decodable": 1})
     kept = stage.read(table=ANNOTATED)

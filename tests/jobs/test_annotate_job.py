@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from curation.annotate import input_files, plan_chunks, annotate_task
+from curation.annotate import SPEC, plan_chunks, annotate_task
+from curation.lifecycle import input_files
 from curation.config import AnnotateOptions, Config
 from curation.stage import StageDir
 from jobs import annotate as job
@@ -50,7 +51,7 @@ def test_job_writes_the_annotated_table_and_accounts_for_every_row(spark, tmp_pa
     # the same shards written by the pure task functions, without Spark
     pure = StageDir(str(tmp_path / "pure"), "annotate")
     pure.prepare()
-    for chunk in plan_chunks(input_files([str(unique_dir)]), 3):
+    for chunk in plan_chunks(input_files(SPEC, [str(unique_dir)]), 3):
         annotate_task(pure, chunk, tiny_models, RunOptions(device="cpu", batch_size=4))
     expected = _by_uid(pure.read(table=ANNOTATED))
     for col in ANNOTATED.names:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from curation.config import Config, DownloadOptions
 from curation.download import WorkItem, plan_work, read_rows
 from curation.fetch import FetchOptions, is_transient
-from curation.filter_text import InputNotReadyError
+from curation.lifecycle import InputNotReadyError
 from curation.stage import StageDir
 from filters.image import ImageRules
 from jobs import download as job

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.config import Config, FilterTextOptions
-from curation.filter_text import InputNotReadyError, filter_text_table
+from curation.filter_text import filter_text_table
+from curation.lifecycle import InputNotReadyError
 from curation.stage import StageDir
 from filters.text import TextRules
 from jobs import filter_text as job
