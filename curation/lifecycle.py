@@ -111,7 +111,7 @@ def _check_upstream(spec: StageSpec, folder: StageDir) -> None:
         raise InputNotReadyError(
             f"input {folder.uri} has no _SUCCESS: the stage that writes it has not finished (run it first)"
         )
-    made_by = folder.stats().get("stage")
+    made_by = folder.stats().get("stage") if storage.exists(folder.path(STATS), folder.storage) else None
     if spec.upstream and made_by and made_by != spec.upstream:
         raise InputError(f"input {folder.uri} is the output of stage {made_by}; {_reads(spec)}")
 

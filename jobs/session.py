@@ -49,6 +49,9 @@ def build_spark_session(
     # local executors run this interpreter, so they see the same installed packages
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master and master.startswith("local"):
+        # one machine: bind the driver to loopback, never to another address of this machine
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name)
     if os.environ.get("CURATION_SPARK_SUBMIT"):
         master = None  # spark-submit.sh chose the master; a config default must not override it

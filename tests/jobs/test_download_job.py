@@ -242,19 +242,14 @@ def test_sample_pipeline_serves_its_images_on_loopback_and_downloads_them(spark,
     import socket
 
     from curation.config import load_config
-    from jobs import filter_text, pipeline
+    from jobs import pipeline
 
     with socket.socket() as s:  # a free port, so a sample run elsewhere on this machine cannot clash
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stages = {
-        "extract": pipeline.STAGES["extract"],
-        "filter-text": (lambda spark, cfg, inputs, out, ow: filter_text.run(spark, inputs[0], out, cfg, ow), "extract"),
-        "download": (pipeline._download, "filter-text"),
-    }
-    monkeypatch.setattr(pipeline, "STAGES", stages)
     cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "sample.toml"),
-                      {"pipeline": {"run_root": str(tmp_path / "run"), "sample_pages": 30, "sample_image_port": port}})
+                      {"pipeline": {"run_root": str(tmp_path / "run"), "sample_pages": 30, "sample_image_port": port,
+                                    "stages": ["extract", "filter-text", "download"]}})
     manifest = pipeline.run(spark, cfg)
 
     stats = manifest["stages"]["download"]
