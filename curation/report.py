@@ -323,6 +323,7 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
         return report
     stage, schema = annotated
     report.annotated_stage = stage.stage
+    report.notes += score_notes(stage.stats() if stage.is_complete() else {})
     engine = DuckDBEngine.for_files(stage.files(), options)
     for column in HISTOGRAM_COLUMNS:
         counted = histogram_counts(engine, column, opts.bins)
@@ -331,6 +332,28 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
     presets = presets if presets is not None else load_presets(cfg.select.preset_file)
     report.presets = preset_summaries(engine, presets, schema, opts)
     return report
+
+
+RANDOM_MARK = "RANDOM-WEIGHT"
+
+
+def score_notes(stats: dict) -> list[str]:
+    """What a reader must know before trusting the score columns: which came from random-weight models
+    (the sample's stand-ins) and which are null, and why (from the annotate stage's _stats.json)."""
+    columns: dict[str, str] = stats.get("columns", {})
+    notes = []
+    random_models = (stats.get("config") or {}).get("annotate", {}).get("random_models")
+    if random_models:
+        from_weights = sorted(c for c, what in columns.items() if " from " in what and not what.startswith("null"))
+        notes.append(
+            f"{RANDOM_MARK} MODELS: {', '.join(from_weights) or 'the checkpoint columns'} come from tiny random-weight "
+            f"checkpoints ({random_models}); their values are meaningless. Give real weights with [annotate] models "
+            "(see configs/models.toml)."
+        )
+    nulls = {c: what for c, what in columns.items() if what.startswith("null")}
+    if nulls:
+        notes.append("Null columns: " + "; ".join(f"{c} ({what.removeprefix('null: ')})" for c, what in sorted(nulls.items())))
+    return notes
 
 
 def render(report: Report) -> str:

@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 WAT_FILES = ("CC-MAIN-sample-00000.warc.wat.gz", "CC-MAIN-sample-00001.warc.wat.gz")
 WARC_FILE = "CC-MAIN-sample-00002.warc.gz"
-N_IMAGES = 150
+N_IMAGES = 150  # distinct images of the 300-page sample; larger samples get pages // 2 (distinct work grows too)
+
+
+def image_count(pages: int) -> int:
+    return max(N_IMAGES, pages // 2)
 _CRAWL_START = datetime(2024, 5, 18, 1, 0, 0, tzinfo=timezone.utc)
 _EXTRACT_START = datetime(2024, 5, 31, 1, 0, 0, tzinfo=timezone.utc)
 
@@ -158,10 +162,10 @@ class Page:
 class _Generator:
     """All randomness of one sample, drawn from one ``random.Random(seed)`` in a fixed order."""
 
-    def __init__(self, seed: int, image_host: str) -> None:
+    def __init__(self, seed: int, image_host: str, n_images: int = N_IMAGES) -> None:
         self.rng = random.Random(seed)
         self.host = image_host.rstrip("/")
-        names = [f"img-{i:05d}.jpg" for i in range(N_IMAGES)]
+        names = [f"img-{i:05d}.jpg" for i in range(n_images)]
         # fixed images: a logo per site and an icon per frequent text give repeated (url, alt) pairs
         self.logos = dict(zip((s[0] for s in SITES), names))
         self.icons = dict(zip(_FREQUENT, names[len(SITES) :]))
@@ -449,7 +453,7 @@ def write_sample(
     """
     if pages < 3:
         raise InputError(f"pages must be at least 3, got {pages}")
-    gen = _Generator(seed, image_host)
+    gen = _Generator(seed, image_host, image_count(pages))
     all_pages = [gen.page(i) for i in range(pages)]
     third = pages // 3
     groups = [all_pages[:third], all_pages[third : 2 * third], all_pages[2 * third :]]

@@ -32,13 +32,20 @@ EndpointOpt = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 en
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
+OWN_LOGGERS = ("curation", "jobs", "filters", "models", "schemas")
+
+
 def _setup_logging(verbose: bool) -> None:
+    """The project's INFO progress lines; third-party INFO (open_clip's model configs, matplotlib's font
+    cache, ...) only with --verbose, which shows everything at DEBUG."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("py4j", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -240,9 +247,7 @@ def annotate(
         "annotate": {"models": models, "random_models": random_models, "device": device, "batch_size": batch_size, "rows_per_shard": rows_per_shard},
     }
     _, stats = _run_job("annotate", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
-    _print_stats(stats)
-    for column, what in stats.get("columns", {}).items():
-        console.print(f"  {column:<26} {what}", markup=False)
+    _print_stats(stats)  # what fills each column was logged as the stage started
 
 
 models_app = typer.Typer(help="Scoring models: write random-weight checkpoints, check a MODELS.toml.", no_args_is_help=True)

@@ -59,7 +59,9 @@ def _sample_inputs(cfg: Config, root: str) -> tuple[list[str], list[str]]:
     return [storage.join(sample_dir, "crawl")], manifest["image_names"]
 
 
-def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
+def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None) -> dict:
+    """Every wanted stage in order; ``observer`` (optional) gets ``start(name)`` and ``end(name, stats)``
+    around each stage (bench/pipeline.py measures stages through it)."""
     root = storage.absolute(cfg.pipeline.run_root)
     opts = cfg.storage.resolved()
     storage.check_shared(root, spark.sparkContext.master, opts, "[pipeline] run_root")
@@ -89,8 +91,12 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False) -> dict:
             upstream = job.SPEC.upstream
             stage_inputs = inputs if upstream is None else [storage.join(root, folder_of(upstream))]
             log.info("pipeline: stage %s", name)
+            if observer is not None:
+                observer.start(name)
             results[name] = job.run(spark, stage_inputs, storage.join(root, name), cfg, overwrite=overwrite,
                                     redo_stale=cfg.pipeline.redo_stale)
+            if observer is not None:
+                observer.end(name, results[name])
     check_chain(results)
     manifest = {
         "version": __version__,
