@@ -4,6 +4,8 @@ and the loopback server is only ever contacted when 127.0.0.1 is allow-listed.""
 from __future__ import annotations
 
 import ipaddress
+
+import pyarrow as pa
 import urllib.error
 
 import pytest
@@ -152,3 +154,57 @@ def test_opener_has_no_proxy_and_no_file_handler(monkeypatch, tmp_path):
     with pytest.raises(urllib.error.URLError, match="unknown url type"):
         opener.open(secret.as_uri())
     assert not any(type(h).__name__ == "ProxyHandler" and h.proxies for h in opener.handlers)
+
+
+def _no_lookup(host: str, port: int) -> list[str]:
+    raise AssertionError(f"resolver called for {host!r}")
+
+
+@pytest.mark.parametrize("host", ["example.com", "img.example.org", "images.test", "2130706433", "0x7f.1"])
+def test_only_allowed_looks_up_no_host_name(host):
+    """The offline sample's guard: a name that is not a literal address or localhost is refused as
+    blocked_address before any resolver call, so a closed run sends no DNS query off the machine."""
+    guard = AddressGuard(parse_networks(["127.0.0.1"]), only_allowed=True, resolver=_no_lookup)
+    with pytest.raises(BlockedAddressError, match="host name is not looked up under only_allowed_addresses"):
+        guard.resolve(host, 80)
+
+
+def test_only_allowed_still_resolves_literals_and_localhost():
+    seen = []
+    guard = AddressGuard(parse_networks(["127.0.0.1", "::1"]), only_allowed=True,
+                         resolver=lambda host, port: seen.append(host) or ["127.0.0.1"])
+    assert [str(ip) for ip in guard.resolve("127.0.0.1", 80)] == ["127.0.0.1"]
+    assert [str(ip) for ip in guard.resolve("localhost", 80)] == ["127.0.0.1"]
+    assert seen == ["127.0.0.1", "localhost"]
+
+
+def test_sample_links_are_fetched_or_blocked_without_any_dns_query(image_server, monkeypatch, tmp_path):
+    """The embedded sample's links under its own fetch settings (configs/sample.toml): every host name
+    (example.* sites) ends as blocked_address, every loopback link is fetched, and the system resolver is
+    asked only about literal addresses."""
+    import socket
+
+    from curation.config import load_config
+    from curation.crawl import extract_file
+    from curation.download import download_table
+    from curation.sample import write_sample
+    from tests.conftest import REPO
+
+    manifest = write_sample(str(tmp_path), pages=12, image_host=image_server.url("/photo"))
+    links = [row for f in manifest["files"] for row in extract_file(f).links_table().to_pylist()]
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def only_literals(host, *args, **kwargs):
+        asked.append(host)
+        ipaddress.ip_address(host)  # a name here would be a DNS query: ValueError fails the fetch and the test below
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", only_literals)
+    opts = load_config(str(REPO / "configs" / "sample.toml")).download
+    rows = pa.Table.from_pylist([{"uid": r["uid"], "url": r["url"], "text": r["text"]} for r in links])
+    kept, rejected = download_table(rows, opts)
+    named = {r["uid"] for r in links if not r["url"].startswith("http://127.0.0.1")}
+    blocked = {r["uid"] for r in rejected.to_pylist() if r["reason"] == Reason.BLOCKED_ADDRESS}
+    assert named and named <= blocked
+    assert kept.num_rows > 0 and set(asked) == {"127.0.0.1"}

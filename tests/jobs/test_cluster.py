@@ -25,7 +25,7 @@ from curation.config import load_config
 from jobs import pipeline
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.spark]
+pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.timeout(2400)]  # two whole pipelines
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 COMPARED = ["uid", "id", "url", "text", "width", "height", "image_phash", "num_faces", "word_count", "num_tokens_bert",
@@ -102,7 +102,7 @@ def _write_config(folder: Path, port: int, shared: bool) -> Path:
     text = text.replace('random_models = "runs/sample/models"', 'random_models = "runs/models"')
     text = text.replace("batch_size = 32\nrows_per_shard = 500", "batch_size = 32\nrows_per_shard = 10")  # several tasks
     text = text.replace("rows_per_shard = 250", "rows_per_shard = 40")
-    text = text.replace("sample_pages = 300", f"sample_pages = 45\nsample_image_port = {port}")
+    text = text.replace("sample_pages = 300", f"sample_pages = 36\nsample_image_port = {port}")
     text += f"\n[storage]\nshared_local_paths = {'true' if shared else 'false'}\n"
     path = folder / "cluster.toml"
     path.write_text(text)
