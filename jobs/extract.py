@@ -25,7 +25,7 @@ from curation.extract import (
 )
 from curation.lifecycle import StageSpec, Work, run_stage
 from curation.stage import StageDir
-from jobs.partitions import MAX_TASKS, as_list, distribute, file_tasks, run_context, table_task
+from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
 from schemas import EXTRACTED_LINKS, SHARD_STATS
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,14 @@ def _phase_a(spark: SparkSession, stage: StageDir, files: list[str], config: Con
 
 def _phase_b(spark: SparkSession, stage: StageDir, n_buckets: int) -> set[str]:
     """Links shuffled into uid buckets; returns the bucket shards that exist (empty buckets have none)."""
-    completed = {name for name in stage.completed_shards() if name.startswith("part-b")}
-    skip = {int(name[len("part-b") :]) for name in completed}
-    uris = link_files(stage)
-    if not uris or len(skip) >= n_buckets:
-        return completed
-    link_schema = EXTRACTED_LINKS.spark_schema().add("bucket", IntegerType(), False)
-    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
-    links = paths.mapInArrow(partial(_read_links_partition, stage=stage, n_buckets=n_buckets, skip=skip), link_schema)
-    written = links.repartition(min(n_buckets, MAX_TASKS), "bucket").mapInArrow(
-        partial(table_task, task=dedup_partition, stage=stage), SHARD_STATS.spark_schema()
-    ).collect()
-    log.info("extract: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
-    return completed | {r.shard for r in written}
+    written = bucket_phase(
+        spark, stage, link_files(stage), n_buckets,
+        read=partial(_read_links_partition, stage=stage, n_buckets=n_buckets, skip=set()),
+        schema=EXTRACTED_LINKS.spark_schema().add("bucket", IntegerType(), False),
+        write=partial(table_task, task=dedup_partition, stage=stage),
+    )
+    log.info("extract: phase B: %d bucket shards", len(written))
+    return written
 
 
 def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,

@@ -26,7 +26,7 @@ from curation.filter_text import (
 )
 from curation.lifecycle import StageSpec, Work, run_stage, input_files
 from curation.stage import StageDir
-from jobs.partitions import MAX_TASKS, as_list, distribute, file_tasks, run_context, table_task
+from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
 from schemas import CANDIDATES, SHARD_STATS, TEXT_OK
 
 log = logging.getLogger(__name__)
@@ -51,22 +51,16 @@ def _with_counts(rows: DataFrame, max_frequency: int) -> DataFrame:
 def _phase_b(spark: SparkSession, stage: StageDir, n_buckets: int, config: Config) -> set[str]:
     """Rows counted by text key and shuffled into uid buckets; returns the bucket shards that exist."""
     rules = config.filter_text.rules
-    completed = {name for name in stage.completed_shards() if name.startswith("part-b")}
-    skip = [int(name[len("part-b") :]) for name in completed]
-    uris = stage.files(CHECKED_DIR)
-    if not uris or len(skip) >= n_buckets:
-        return completed
-    schema = TEXT_OK.spark_schema().add(KEY, StringType(), False).add(BUCKET, IntegerType(), False)
-    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
-    rows = _with_counts(paths.mapInArrow(partial(_read_checked_partition, stage=stage, n_buckets=n_buckets), schema),
-                        rules.max_frequency)
-    if skip:
-        rows = rows.where(~F.col(BUCKET).isin(skip))
-    written = rows.repartition(min(n_buckets, MAX_TASKS), BUCKET).mapInArrow(
-        partial(table_task, task=frequency_partition, stage=stage, rules=rules), SHARD_STATS.spark_schema()
-    ).collect()
-    log.info("filter-text: phase B wrote %d bucket shards", sum(not r.skipped for r in written))
-    return completed | {r.shard for r in written}
+    written = bucket_phase(
+        spark, stage, stage.files(CHECKED_DIR), n_buckets,
+        read=partial(_read_checked_partition, stage=stage, n_buckets=n_buckets),
+        schema=TEXT_OK.spark_schema().add(KEY, StringType(), False).add(BUCKET, IntegerType(), False),
+        write=partial(table_task, task=frequency_partition, stage=stage, rules=rules),
+        transform=partial(_with_counts, max_frequency=rules.max_frequency),  # counted over every row
+        bucket_column=BUCKET,
+    )
+    log.info("filter-text: phase B: %d bucket shards", len(written))
+    return written
 
 
 def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from curation.lifecycle import RunContext
 from curation.stage import StageDir, shard_stats_batch
+from schemas import SHARD_STATS
 
 
 def whole_partition(batches) -> pa.Table | None:
@@ -50,3 +52,32 @@ def run_context(spark: SparkSession | None, overwrite: bool, redo_stale: bool) -
 
 def as_list(inputs: str | list[str]) -> list[str]:
     return [inputs] if isinstance(inputs, str) else list(inputs)
+
+
+def bucket_phase(
+    spark: SparkSession,
+    stage: StageDir,
+    uris: list[str],
+    n_buckets: int,
+    read: Callable,
+    schema,
+    write: Callable,
+    transform: Callable | None = None,
+    bucket_column: str = "bucket",
+) -> set[str]:
+    """Phase B of the bucketed stages (extract, filter-text): the phase-A files read by ``read`` (a
+    mapInArrow function over ``uri`` rows, giving ``schema`` with ``bucket_column``), ``transform`` applied
+    to the whole DataFrame (a corpus-wide count, say), then one ``write`` task per bucket not yet written
+    (``part-bNNNNN`` markers). Returns the bucket shards that exist (an empty bucket has none)."""
+    completed = {name for name in stage.completed_shards() if name.startswith("part-b")}
+    skip = sorted(int(name[len("part-b") :]) for name in completed)
+    if not uris or len(skip) >= n_buckets:
+        return completed
+    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
+    rows = paths.mapInArrow(read, schema)
+    if transform is not None:
+        rows = transform(rows)
+    if skip:
+        rows = rows.where(~F.col(bucket_column).isin(skip))
+    written = rows.repartition(min(n_buckets, MAX_TASKS), bucket_column).mapInArrow(write, SHARD_STATS.spark_schema()).collect()
+    return completed | {r.shard for r in written}

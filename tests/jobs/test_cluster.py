@@ -102,6 +102,7 @@ def _write_config(folder: Path, port: int, shared: bool) -> Path:
     text = text.replace('random_models = "runs/sample/models"', 'random_models = "runs/models"')
     text = text.replace("batch_size = 32\nrows_per_shard = 500", "batch_size = 32\nrows_per_shard = 10")  # several tasks
     text = text.replace("rows_per_shard = 250", "rows_per_shard = 40")
+    text = text.replace("timeout_s = 5.0", "timeout_s = 60.0")  # a busy machine: slow is not a failure here
     text = text.replace("sample_pages = 300", f"sample_pages = 36\nsample_image_port = {port}")
     text += f"\n[storage]\nshared_local_paths = {'true' if shared else 'false'}\n"
     path = folder / "cluster.toml"
@@ -115,6 +116,10 @@ def _cli(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Completed
                           timeout=timeout)
 
 
+def _transient(run: Path) -> int:
+    return json.loads((run / "download" / "_stats.json").read_text())["transient"]
+
+
 def _annotated(folder: Path) -> list[dict]:
     rows = pq.read_table(sorted((folder / "annotate" / "data").glob("*.parquet"))).select(COMPARED).to_pylist()
     return sorted(rows, key=lambda r: r["uid"])
@@ -126,9 +131,12 @@ def test_relative_run_root_on_a_standalone_cluster_equals_a_local_run(cluster, s
     work = tmp_path / "cwd"
     work.mkdir()
     config = _write_config(work, port, shared=True)
-    done = _cli(["pipeline", "--config", str(config), "--master", cluster], cwd=work)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     run = work / "runs" / "cluster"
+    for _ in range(3):  # a rerun retries transient download failures (and redoes the stages after download)
+        done = _cli(["pipeline", "--config", str(config), "--master", cluster], cwd=work)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        if not _transient(run):
+            break
     manifest = json.loads((run / "_manifest.json").read_text())
     assert manifest["master"] == cluster and manifest["run_root"] == str(run)
     assert manifest["stages"]["extract"]["rows_in"] > 0 and manifest["stages"]["annotate"]["rows_out"] > 0
@@ -138,7 +146,11 @@ def test_relative_run_root_on_a_standalone_cluster_equals_a_local_run(cluster, s
 
     local = load_config(str(config), {"pipeline": {"run_root": str(tmp_path / "local")},
                                       "annotate": {"random_models": str(work / "runs" / "models")}})
-    local_manifest = pipeline.run(spark, local)
+    for _ in range(3):
+        local_manifest = pipeline.run(spark, local)
+        if not _transient(tmp_path / "local"):
+            break
+    assert not _transient(run) and not _transient(tmp_path / "local")
     assert {n: (s["rows_in"], s["rows_out"], s["rejected"]) for n, s in manifest["stages"].items()} == {
         n: (s["rows_in"], s["rows_out"], s["rejected"]) for n, s in local_manifest["stages"].items()
     }
