@@ -27,7 +27,7 @@ from PIL import Image
 
 from curation import storage
 from curation.config import Config, ReportOptions
-from curation.errors import InputError
+from curation.errors import InputError, MissingFileError
 from curation.select import VIEW, DuckDBEngine, Selection, input_schema, keep_counts, register_parquet
 from curation.stage import REJECTED_DIR, STATS, StageDir
 from curation.storage import StorageOptions
@@ -117,7 +117,7 @@ def find_stages(run_root: str, options: StorageOptions | None) -> dict[str, dict
     """Stage name -> _stats.json of every sub-folder that holds one (selections and inputs are skipped)."""
     fs, root = storage.filesystem(run_root, options)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
-        raise InputError(f"run folder not found: {run_root}")
+        raise MissingFileError(f"run folder not found: {run_root}")
     if storage.exists(storage.join(run_root, STATS), options):
         raise InputError(f"{run_root} is a stage folder, not a run folder: give the run root that holds it ({storage.absolute(run_root).rsplit('/', 1)[0]})")
     found = {}

@@ -45,7 +45,8 @@ def _config(run_root: str, models: str, endpoint: str, port: int, blocklist: str
             "pipeline": {"run_root": run_root, "sample_pages": 40, "sample_image_port": port},
             "annotate": {"random_models": models, "rows_per_shard": 40},
             "extract": {"rows_per_shard": 100},
-            "download": {"rows_per_shard": 40, "threads": 8},
+            "download": {"rows_per_shard": 40, "threads": 8,  # a busy machine: slow is not a failure here
+                         "fetch": {"allowed_addresses": ["127.0.0.1"], "only_allowed_addresses": True, "timeout_s": 60.0}},
             "dedup": {"blocklist": [blocklist]},
             "storage": {"s3_endpoint_url": endpoint},
         },
