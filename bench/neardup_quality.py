@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from curation.hashing import hamming, keys_many, phash_many
+
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = (REPO / ".." / "shared" / "data" / "images").resolve()
 TARGET_RECALL = 0.95

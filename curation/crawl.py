@@ -261,8 +261,9 @@ def _process_wat_record_slow(out: FileExtraction, key: str, data: bytes, header_
         return
     warc_meta = envelope.get("WARC-Header-Metadata")
     page_url = warc_meta.get("WARC-Target-URI") if isinstance(warc_meta, dict) else None
-    if not isinstance(page_url, str) or not page_url:
-        page_url = header_uri  # absent or not a string: the record header's URI
+    page_url = target_uri(page_url) if isinstance(page_url, str) else None
+    if not page_url:
+        page_url = header_uri  # absent, empty or not a string: the record header's URI
     base = page_url
     page_ok = _encodable(page_url)  # only this slow path reads \\ud800 escapes (the standard library's parser)
     head = meta.get("Head")
@@ -396,10 +397,9 @@ def _process_wat_record_fast(out: FileExtraction, data: bytes, record) -> bool:
     if warc_meta and len(warc_meta) != len(set(warc_meta)):
         return False
     page_url = warc_meta.get("WARC-Target-URI") if warc_meta else None
-    if not page_url:
-        page_url = _target_uri(record)
-    elif type(page_url) is not str:
+    if page_url and type(page_url) is not str:
         return False
+    page_url = target_uri(page_url) or _target_uri(record)
     base = page_url
     head = meta.get("Head")
     if type(head) is obj:
@@ -494,13 +494,20 @@ def _record_key(record) -> str:
     return record.record_id or f"offset={record.stream_pos}"
 
 
-def _target_uri(record) -> str | None:
-    uri = record.headers.get(_TARGET_URI)
-    if uri:
-        uri = uri.strip()
-        if uri.startswith("<") and uri.endswith(">"):  # wget writes <https://...>
-            uri = uri[1:-1]
+def target_uri(value: str | None) -> str | None:
+    """A ``WARC-Target-URI`` as a URL, from a record header or a WAT's ``WARC-Header-Metadata``:
+    surrounding whitespace dropped and wget's angle brackets (``<https://...>``, WARC/1.0's grammar)
+    unwrapped; None when nothing is left. The WARC and both WAT readings share it."""
+    if not value:
+        return None
+    uri = value.strip(_WHITESPACE)
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1].strip(_WHITESPACE)
     return uri or None
+
+
+def _target_uri(record) -> str | None:
+    return target_uri(record.headers.get(_TARGET_URI))
 
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"

@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is shown as written: "[download]" is a config table, not rich markup
 )
 console = Console(stderr=True)
 

@@ -25,6 +25,19 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def photo_files(n: int, pattern: str = "*.jpg") -> list[tuple[str, bytes]]:
+    """``n`` photos as (file name, file bytes): the real ones of ../shared/data/images/photos (the
+    first ``n`` names matching ``pattern``) where that folder exists, else distinct generated
+    photo-like 640x480 JPEGs (tests/http_server.py's pictures). For tests that need decodable
+    photos, not particular ones: they then run in any clone, without the shared data."""
+    folder = SHARED_DATA / "images" / "photos"
+    if folder.is_dir():
+        return [(p.name, p.read_bytes()) for p in sorted(folder.glob(pattern))[:n]]
+    from tests.http_server import named_photo
+
+    return [(f"generated-{i}.jpg", named_photo(f"generated-{i}.jpg")) for i in range(n)]
+
+
 @pytest.fixture(scope="session")
 def spark():
     from jobs.session import build_spark_session

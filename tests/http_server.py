@@ -138,6 +138,7 @@ class LoopbackHandler(ImageHandler):
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query)
         self.server.record(self.path)
+        self.server.arrived(path)
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
             return self.respond(Response(f"status {code}".encode(), "text/plain", code))
@@ -210,9 +211,20 @@ class LoopbackServer(ImageServer):
                 return new
 
         self._server.first_time = first_time  # type: ignore[attr-defined]
+        self._arrivals: dict[str, list[float]] = {}
+
+        def arrived(path: str) -> None:
+            with lock:
+                self._arrivals.setdefault(path, []).append(time.monotonic())
+
+        self._server.arrived = arrived  # type: ignore[attr-defined]
 
     def paths(self, prefix: str) -> list[str]:
         return sorted(p for p in self._server.routes if p.startswith(prefix))
+
+    def arrival_times(self, path: str) -> list[float]:
+        """When each request for ``path`` (without its query) arrived, in time.monotonic() seconds."""
+        return list(self._arrivals.get(path, []))
 
     def hits(self, path: str) -> int:
         return sum(1 for p in self.requests if p.split("?", 1)[0] == path)

@@ -11,6 +11,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from curation import crawl
 from curation.crawl import (
     FileExtraction,
     collapse_duplicates,
@@ -18,6 +19,7 @@ from curation.crawl import (
     html_image_links,
     make_uid,
     resolve_url,
+    target_uri,
 )
 from schemas import Reason
 from tests.conftest import shared
@@ -159,6 +161,62 @@ def test_charsets_are_decoded_before_parsing():
 def test_wget_angle_bracket_target_uri_is_understood():
     result = extract_file(str(shared("crawl", "dolma-sample-0000.warc.gz")))
     assert len(result.urls) > 100 and all(not p.startswith("<") for p in result.page_urls)
+
+
+@pytest.mark.parametrize(
+    ("name", "kept", "unique"),
+    [("dolma-sample-0000", 169, 56), ("dolma-sample-0001", 118, 66), ("iawc-IAH-urls-wget", 46, 14)],
+)
+def test_wat_of_a_wget_crawl_gives_what_its_warc_gives(name, kept, unique):
+    # Common Crawl's WAT generator copies wget's "<https://...>" target URI into the WAT JSON; read
+    # as is, every relative image URL of dolma's pages came out unsupported_scheme ("?: /images/...")
+    # and 46 unique pairs (73 rows) of the two dolma WATs were lost.
+    wat = extract_file(str(shared("crawl", "derived", f"{name}.iawc.warc.wat.gz")))
+    warc = extract_file(str(shared("crawl", f"{name}.warc.gz")))
+    assert (len(wat.urls), len(set(wat.uids))) == (kept, unique)
+    assert set(zip(wat.uids, wat.urls, wat.texts, wat.page_urls)) == set(zip(warc.uids, warc.urls, warc.texts, warc.page_urls))
+    assert Counter(wat.rej_reasons) == Counter(warc.rej_reasons)
+    assert not any(p.startswith("<") for p in wat.page_urls)
+    assert not any((d or "").startswith("?:") for d in wat.rej_details)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("<https://example.com/a b>", "https://example.com/a b"),
+        (" <http://example.com/> \r\n", "http://example.com/"),
+        ("http://example.com/", "http://example.com/"),
+        ("<http://example.com/", "<http://example.com/"),  # not wrapped: left as found
+        ("<>", None),
+        (" ", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_target_uri_unwraps_wget_angle_brackets(value, expected):
+    assert target_uri(value) == expected
+
+
+@pytest.mark.parametrize("reading", ["fast", "slow"])
+@pytest.mark.parametrize("where", ["wat_json", "record_header"])
+def test_wat_record_with_wget_target_uri_resolves_relative_links(tmp_path, monkeypatch, reading, where):
+    slow_calls = []
+    slow = crawl._process_wat_record_slow
+    monkeypatch.setattr(crawl, "_process_wat_record_slow", lambda *a: slow_calls.append(1) or slow(*a))
+    page = "<https://example.com/dir/page.html>"
+    links = [img("/images/a.jpg"), img("b.jpg"), img("//cdn.example.org/c.jpg"), img("https://example.com/d.jpg"), img("e.jpg", alt="")]
+    payload = wat_payload(links, page=page if where == "wat_json" else "")
+    if reading == "slow":  # an escaped "/" sends the record to the reference (orjson) reading
+        payload = payload.replace(b'"Title": "t"', b'"Title": "t\\/"')
+    header_uri = page if where == "record_header" else "http://example.com/other.html"
+    result = extract_file(write(tmp_path, "a.wat.gz", warc_member(payload, uri=header_uri)))
+    assert result.urls == [
+        "https://example.com/images/a.jpg", "https://example.com/dir/b.jpg",
+        "https://cdn.example.org/c.jpg", "https://example.com/d.jpg",
+    ]
+    assert result.page_urls == ["https://example.com/dir/page.html"] * 4
+    assert reasons(result) == Counter({"empty_alt": 1})
+    assert len(slow_calls) == (reading == "slow")
 
 
 # --- WAT rules on crafted records -------------------------------------------------------------

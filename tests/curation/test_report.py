@@ -25,7 +25,7 @@ from curation.report import (
 from curation.stage import StageDir, rejected_table
 from filters.presets import builtin_presets
 from schemas import ANNOTATED, CANDIDATES, FETCHED
-from tests.conftest import annotated_row, shared
+from tests.conftest import annotated_row, photo_files
 
 EVIL_CAPTION = '<script>alert("caption")</script> a red bicycle'
 EVIL_URL = 'https://img.example.com/x.jpg?"><script>alert(1)</script>'
@@ -90,7 +90,7 @@ def build_run(root: Path, photos: list[bytes]) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def photos():
-    return [p.read_bytes() for p in sorted(shared("images", "photos").glob("*.jpg"))[:4]]
+    return [data for _, data in photo_files(4)]
 
 
 @pytest.fixture

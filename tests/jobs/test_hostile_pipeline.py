@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -94,9 +95,9 @@ class Run:
         self.dirs = {name: StageDir(str(root / name), name) for name in STAGES}
         self.kept = {n: {r["uid"]: r for r in self._rows(d, DATA)} for n, d in self.dirs.items()}
         self.rejected = {n: {} for n in STAGES}
-        self.extract_rejected = self._rows(self.dirs["extract"], REJECTED_DIR)
-        for name, stage in self.dirs.items():
-            for row in self._rows(stage, REJECTED_DIR):
+        self.rejected_rows = {n: self._rows(d, REJECTED_DIR) for n, d in self.dirs.items()}
+        for name in STAGES:
+            for row in self.rejected_rows[name]:
                 self.rejected[name].setdefault(row["uid"], row)
 
     @staticmethod
@@ -130,7 +131,8 @@ def _check_accounting(run: Run) -> None:
         previous_out = stats["rows_out"]
 
 
-def _check_link_case(run: Run, case: dict, host: str) -> str:
+def _check_link_case(run: Run, case: dict, server) -> str:
+    host = server.url("")
     links = build.case_links(case, host)
     fates = [run.fate(u) for u in dict.fromkeys(_uid(link) for link in links)]
     ending = [(s, r, row) for s, r, row in fates if (s, r) == (case["stage"], case["reason"])]
@@ -146,16 +148,31 @@ def _check_link_case(run: Run, case: dict, host: str) -> str:
     if "width" in case:
         kept = run.kept["download"][uid]
         assert (kept["width"], kept["height"]) == (case["width"], case["height"]), case["id"]
+    if "waited_s" in case:  # the Retry-After was waited for: the retry came no sooner than it asked
+        times = server.arrival_times(urlsplit(build.fill(case["src"], host)).path)
+        assert len(times) == 2 and times[1] - times[0] >= case["waited_s"] - 0.05, (case["id"], times)
     summary = reason if reason == KEPT else f"{reason}: {row['detail']}"
     return summary if len(ending) == 1 else f"{len(ending)} x {summary}"
 
 
 def _check_file_case(run: Run, case: dict) -> str:
-    """A broken record or file: the extract rejection naming the file (and the broken record)."""
-    rows = [r for r in run.extract_rejected if r["reason"] == case["reason"] and case["file"] in r["detail"]]
-    if case.get("kind") in build.RECORD_KINDS:
-        rows = [r for r in rows if build.record_id(case["id"]) in r["detail"]]
-    assert rows and len(rows) == case.get("count", len(rows)), (case["id"], case["reason"])
+    """A broken record or file: rejected rows naming the file (and the broken record), all of them
+    at the case's stage (extract) and with its reason, in no other stage."""
+
+    def naming(row: dict) -> bool:
+        detail = row["detail"] or ""
+        if case.get("kind") in build.RECORD_KINDS:
+            return build.record_id(case["id"]) in detail
+        return case["file"] in detail
+
+    named = {name: [r for r in rows if naming(r)] for name, rows in run.rejected_rows.items()}
+    found = {name: [r for r in rows if r["reason"] == case["reason"]] for name, rows in named.items()}
+    assert [name for name, rows in found.items() if rows] == [case["stage"]], (case["id"], case["stage"])
+    rows = found[case["stage"]]
+    assert {r["stage"] for r in rows} == {case["stage"]}, (case["id"], rows)
+    if case.get("kind") in build.RECORD_KINDS:  # the record gives that one rejection, nothing else
+        assert sum(named.values(), []) == rows, (case["id"], named)
+    assert len(rows) == case.get("count", len(rows)), (case["id"], case["reason"])
     for link in build.case_links(case):  # the broken record's own links never come out
         assert _uid(link) not in run.kept["extract"], (case["id"], link.src)
     return f"{case['reason']}: {rows[0]['detail'].split('#', 1)[-1]}" + (f" (+{len(rows) - 1} more)" if len(rows) > 1 else "")
@@ -179,7 +196,7 @@ def test_the_whole_pipeline_over_the_hostile_corpus(spark, image_server, tmp_pat
     outcomes = {}
     for case in CASES:
         broken = case.get("kind") in build.BROKEN_KINDS
-        got = _check_file_case(run, case) if broken else _check_link_case(run, case, host)
+        got = _check_file_case(run, case) if broken else _check_link_case(run, case, image_server)
         outcomes[case["id"]] = {"category": case["category"], "stage": case["stage"], "outcome": got}
     # the committed files link to TEST-NET-1 only: blocked before any connection, no name ever resolved
     details = [r["detail"] or "" for r in run.rejected["download"].values()]

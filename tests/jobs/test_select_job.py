@@ -19,7 +19,7 @@ from curation.select import even_shards, read_uids
 from jobs import select as job
 from jobs.cli import app
 from schemas import ANNOTATED
-from tests.conftest import annotated_row, shared
+from tests.conftest import annotated_row, photo_files
 
 runner = CliRunner()
 
@@ -136,10 +136,9 @@ def test_an_output_folder_holding_other_files_is_never_wiped(annotated_dir, tmp_
 
 @pytest.fixture
 def annotated_with_images(tmp_path):
-    photos = sorted(shared("images", "photos").glob("*.jpg"))[:6]
     rows = [
-        annotated_row(i, image_bytes=p.read_bytes(), width=800 if i != 3 else 200, text=f"photo {p.name}")
-        for i, p in enumerate(photos)
+        annotated_row(i, image_bytes=data, width=800 if i != 3 else 200, text=f"photo {name}")
+        for i, (name, data) in enumerate(photo_files(6))
     ]
     path = tmp_path / "with-images"
     path.mkdir()

@@ -1,4 +1,4 @@
-"""Inputs for the annotate tests: real photos as the download stage stores them, UNIQUE-shaped tables."""
+"""Inputs for the annotate tests: photos as the download stage stores them, UNIQUE-shaped tables."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import shared
+from tests.conftest import photo_files
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,11 +20,11 @@ CAPTIONS = ["a dog on a beach", "two people riding bicycles in the city", "a bow
 
 
 def photo_bytes(n: int, short_side: int = 384) -> list[bytes]:
-    """``n`` real photos re-encoded as JPEG with the shorter side ``short_side`` (what download stores)."""
-    paths = sorted(Path(shared("images", "photos")).iterdir())[:n]
+    """``n`` photos (real where ../shared/data is present, else generated) re-encoded as JPEG with
+    the shorter side ``short_side`` (what download stores)."""
     out = []
-    for p in paths:
-        img = Image.open(p).convert("RGB")
+    for _, data in photo_files(n, pattern="*"):
+        img = Image.open(io.BytesIO(data)).convert("RGB")
         scale = short_side / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
         buf = io.BytesIO()
