@@ -41,6 +41,7 @@ class ImageTextBatch:
     texts: list[str]
     views: dict[ViewSpec, np.ndarray | list[np.ndarray]]
     features: dict[str, object] = field(default_factory=dict)  # e.g. torch tensors of embeddings
+    sizes: list[tuple[int, int]] | None = None  # decoded (width, height) per image, when known
 
     def __len__(self) -> int:
         return len(self.texts)

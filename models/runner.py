@@ -101,13 +101,14 @@ class AnnotationRunner:
         self.loaded = True
         return self
 
-    def _decode(self, data: bytes | None) -> dict | str:
+    def _decode(self, data: bytes | None) -> tuple[dict, tuple[int, int]] | str:
         try:
-            return image_views(decode_rgb(data), self.views)
+            img = decode_rgb(data)
+            return image_views(img, self.views), img.size
         except ImageDecodeError as e:
             return str(e) or "not decodable"
 
-    def _prepare(self, images: list[bytes | None]) -> list[dict | str]:
+    def _prepare(self, images: list[bytes | None]) -> list[tuple[dict, tuple[int, int]] | str]:
         return list(self._pool.map(self._decode, images))
 
     def _sync(self) -> None:
@@ -153,7 +154,8 @@ class AnnotationRunner:
                 continue
             batch = ImageTextBatch(
                 texts=[texts[start + i] for i in ok_rows],
-                views=stack_views([prepared[i] for i in ok_rows], self.views),
+                views=stack_views([prepared[i][0] for i in ok_rows], self.views),
+                sizes=[prepared[i][1] for i in ok_rows],
             )
             parts.append(self.score_batch(batch, seconds))
         columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in self.columns}
