@@ -184,3 +184,30 @@ def test_nudenet_column_of_the_runner_equals_the_scorers_own(tiny_models, photos
     images = [decode_rgb(p) for p in photos]
     batch = ImageTextBatch(texts=["x"] * len(images), views=stack_views([image_views(im, scorer.views) for im in images], scorer.views), sizes=[im.size for im in images])
     np.testing.assert_array_equal(scored.columns["nsfw_score_nudenet"], scorer.score(batch)["nsfw_score_nudenet"])
+
+
+def test_the_trimmed_text_tower_equals_open_clips_encode_text(tiny_models):
+    """The scorer runs the text tower only up to the batch's last EOT; with a caption longer than the
+    context (truncated to 77) and one-word ones in the same batch, as well as short ones alone."""
+    from models.clip import encode_text_trimmed
+
+    model, _, tokenizer = _reference_clip(tiny_models.clip_vitb32)
+    for texts in (["a", "a dog", "word " * 100, ""], ["a dog on a beach", "coffee"]):
+        tokens = tokenizer(texts)
+        with torch.no_grad():
+            expected = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+            got = encode_text_trimmed(model, tokens)
+        torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
+
+
+def test_length_sorted_text_chunks_give_open_clips_embeddings_in_input_order(tiny_models):
+    from models.clip import TEXT_CHUNK_MIN, ClipScorer
+
+    spec = tiny_models.clip_vitl14
+    scorer = ClipScorer("clip_vitl14", "clip_similarity_vitl14", spec)
+    scorer.load("cpu")
+    model, _, tokenizer = _reference_clip(spec)
+    texts = [" ".join(["word"] * ((i * 7) % 90)) or "x" for i in range(3 * TEXT_CHUNK_MIN + 5)]
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    torch.testing.assert_close(scorer.encode_texts(texts), expected, rtol=0, atol=ATOL)
