@@ -53,6 +53,13 @@ class ImageTextBatch:
             raise ModelError(f"batch has no view {spec}; views: {list(self.views)}") from e
 
 
+def as_numpy(view) -> np.ndarray:
+    """A view as a numpy array: views made on the GPU (models.gpu_decode) are torch tensors there."""
+    if isinstance(view, np.ndarray):
+        return view
+    return view.cpu().numpy()
+
+
 @runtime_checkable
 class Scorer(Protocol):
     name: str  # the MODELS.toml section it comes from

@@ -22,7 +22,7 @@ import numpy as np
 
 from curation.storage import StorageOptions
 from models import weights
-from models.base import ImageTextBatch, ModelError, ViewSpec
+from models.base import ImageTextBatch, ModelError, ViewSpec, as_numpy
 from models.config import NudenetSpec, OnnxSpec
 
 NUDENET_LABELS = (
@@ -95,7 +95,7 @@ class NudenetScorer:
 
     def detections(self, batch: ImageTextBatch) -> list[list[tuple[str, float]]]:
         """Per image, the (class, score) pairs NudeDetector.detect reports, in its order."""
-        pixels = batch.view(self.views[0])
+        pixels = as_numpy(batch.view(self.views[0]))
         if len(pixels) == 0:
             return []
         out = self.raw_outputs(pixels)
@@ -170,7 +170,7 @@ class OnnxNsfwScorer:
         return np.ascontiguousarray(x if self.nhwc else x.transpose(0, 3, 1, 2))
 
     def score(self, batch: ImageTextBatch) -> dict[str, np.ndarray]:
-        pixels = batch.view(self.views[0])
+        pixels = as_numpy(batch.view(self.views[0]))
         if len(pixels) == 0:
             return {self.columns[0]: np.zeros(0, np.float32)}
         probs = self.session.run(None, {self.input_name: self.preprocess(pixels)})[0]

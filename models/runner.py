@@ -1,7 +1,8 @@
 """Runs every configured scorer over rows of (image bytes, text), in batches.
 
 Decoding and resizing run in a thread pool (Pillow and OpenCV release the GIL) one batch ahead of the
-models, so on a GPU the next batch is being decoded while the current one is scored. Each image is
+models, so on a GPU the next batch is being decoded while the current one is scored; on CUDA, JPEGs
+are decoded and resized on the GPU itself, on a stream of their own (models.gpu_decode). Each image is
 decoded once and each distinct view is made once per image, whatever the number of scorers using it.
 Models are loaded once per Python process: ``get_runner`` caches the runner, so a Spark executor's
 reused Python worker loads them for its first task only.
@@ -32,6 +33,7 @@ class RunOptions:
     device: str = "auto"  # auto: cuda when a GPU is visible, else cpu
     batch_size: int = 64
     decode_workers: int = 4
+    gpu_decode: bool = True  # on CUDA: JPEGs decoded (nvJPEG, batched) and resized on the GPU
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -98,6 +100,7 @@ class AnnotationRunner:
         self.views = tuple(dict.fromkeys(v for s in self.scorers for v in s.views))
         self._pool = ThreadPoolExecutor(self.options.decode_workers, thread_name_prefix="decode")
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._decode_stream = torch.cuda.Stream(device=self.device) if self.decodes_on_gpu else None
         self.loaded = True
         return self
 
@@ -108,8 +111,28 @@ class AnnotationRunner:
         except ImageDecodeError as e:
             return str(e) or "not decodable"
 
+    @property
+    def decodes_on_gpu(self) -> bool:
+        return self.options.gpu_decode and self.device.startswith("cuda")
+
     def _prepare(self, images: list[bytes | None]) -> list[tuple[dict, tuple[int, int]] | str]:
+        if self.decodes_on_gpu:
+            import torch
+
+            from models.gpu_decode import decode_batch
+
+            with torch.cuda.stream(self._decode_stream):  # overlaps the scoring of the previous batch
+                prepared = decode_batch(images, self.views, self.device)
+            self._decode_stream.synchronize()
+            return prepared
         return list(self._pool.map(self._decode, images))
+
+    def _stack(self, per_image: list[dict]) -> dict:
+        if self.decodes_on_gpu:
+            from models.gpu_decode import stack
+
+            return stack(per_image, self.views, self.device)
+        return stack_views(per_image, self.views)
 
     def _sync(self) -> None:
         if self.profile and self.device.startswith("cuda"):
@@ -154,7 +177,7 @@ class AnnotationRunner:
                 continue
             batch = ImageTextBatch(
                 texts=[texts[start + i] for i in ok_rows],
-                views=stack_views([prepared[i][0] for i in ok_rows], self.views),
+                views=self._stack([prepared[i][0] for i in ok_rows]),
                 sizes=[prepared[i][1] for i in ok_rows],
             )
             parts.append(self.score_batch(batch, seconds))
