@@ -1,6 +1,7 @@
 """Images/s of each annotate scorer and of the whole stage, real-size architectures with random weights.
 
     python bench/annotate.py [--images 32] [--batch-size 32] [--device cpu|cuda|all] [--models-dir DIR] [--size real|tiny]
+                             [--only clip_vitb32,...] [--cpu-decode]
 
 Writes (once) random-weight ViT-B-32, ViT-L-14, aesthetic v2 (768-d) and efficientnet_b3a checkpoints
 to --models-dir (about 2.5 GB; reused by later runs) and loads them through the production loader.
@@ -71,14 +72,31 @@ def _models(models_dir: str, size: str) -> str:
     return write_random_models(models_dir, size)
 
 
-def bench_device(device: str, models_toml: str, images: list[bytes], texts: list[str], batch_size: int, workers: int) -> None:
+def restricted(cfg, only: list[str]):
+    """``cfg`` with only the named sections scoring (the others left null or switched off)."""
+    import dataclasses
+
+    from models.config import FacesSpec, NudenetSpec, TokensSpec
+
+    if not only:
+        return cfg
+    off = {"nsfw_nudenet": NudenetSpec(enabled=False), "faces": FacesSpec(detector="none"), "tokens": TokensSpec(enabled=False)}
+    values = {f.name: getattr(cfg, f.name) if f.name in only else off.get(f.name) for f in dataclasses.fields(cfg) if f.name != "source"}
+    if "aesthetic_laion_v2" in only:
+        values["clip_vitl14"] = cfg.clip_vitl14
+    return dataclasses.replace(cfg, **values)
+
+
+def bench_device(device: str, models_toml: str, images: list[bytes], texts: list[str], batch_size: int, workers: int, only: list[str], gpu_decode: bool = True) -> None:
     import torch
 
     from models.config import load_models_config
     from models.runner import AnnotationRunner, RunOptions
 
-    cfg = load_models_config(models_toml)
-    runner = AnnotationRunner(cfg, RunOptions(device=device, batch_size=batch_size, decode_workers=workers)).load()
+    cfg = restricted(load_models_config(models_toml), only)
+    options = RunOptions(device=device, batch_size=batch_size, decode_workers=workers, gpu_decode=gpu_decode)
+    runner = AnnotationRunner(cfg, options).load()
+    scope = f"[{','.join(only)}] " if only else ""
     n = len(images)
     label = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     warm = min(n, batch_size)
@@ -87,13 +105,14 @@ def bench_device(device: str, models_toml: str, images: list[bytes], texts: list
     started = time.perf_counter()
     runner._prepare(images)
     decode = time.perf_counter() - started
-    print(f"{device:5s} {'decode+views':26s} {n / decode:9.1f} images/s  ({workers} threads; {label})")
+    where = "nvJPEG + GPU resize" if runner.decodes_on_gpu else f"{workers} threads"
+    print(f"{device:5s} {scope}{'decode+views':26s} {n / decode:9.1f} images/s  ({where}; {label})")
 
     runner.profile = True
     scored = runner.score(images, texts)
     for scorer in runner.scorers:
         seconds = scored.seconds.get(scorer.name, 0.0)
-        print(f"{device:5s} {scorer.name:26s} {n / seconds:9.1f} images/s")
+        print(f"{device:5s} {scope}{scorer.name:26s} {n / seconds:9.1f} images/s")
     runner.profile = False
 
     started = time.perf_counter()
@@ -102,7 +121,7 @@ def bench_device(device: str, models_toml: str, images: list[bytes], texts: list
         torch.cuda.synchronize()
     whole = time.perf_counter() - started
     waited = scored.seconds.get("decode_wait", 0.0)
-    print(f"{device:5s} {'whole stage':26s} {n / whole:9.1f} images/s  (batch {batch_size}; waited {waited:.2f}s of {whole:.2f}s on decoding)")
+    print(f"{device:5s} {scope}{'whole stage':26s} {n / whole:9.1f} images/s  (batch {batch_size}; waited {waited:.2f}s of {whole:.2f}s on decoding)")
     runner.close()
 
 
@@ -114,6 +133,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--decode-workers", type=int, default=4)
     parser.add_argument("--device", default="all", choices=("all", "cpu", "cuda"))
+    parser.add_argument("--only", default="", help="comma-separated MODELS.toml sections to run (e.g. clip_vitb32); default: all")
+    parser.add_argument("--cpu-decode", action="store_true", help="on CUDA, decode with Pillow on the CPU instead of nvJPEG")
     parser.add_argument("--size", default="real", choices=("real", "tiny"), help="real: ViT-B-32, ViT-L-14, efficientnet_b3a (default); tiny: a smoke run")
     parser.add_argument("--models-dir", help="default: a folder per --size under the system temp folder")
     args = parser.parse_args()
@@ -127,7 +148,8 @@ def main() -> None:
         if device == "cuda" and not torch.cuda.is_available():
             print("cuda  no GPU visible to torch: GPU figures not measured")
             continue
-        bench_device(device, models_toml, images, texts, args.batch_size, args.decode_workers)
+        only = [n.strip() for n in args.only.split(",") if n.strip()]
+        bench_device(device, models_toml, images, texts, args.batch_size, args.decode_workers, only, not args.cpu_decode)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@
   score ``NudeDetector.detect`` reports for an exposed-body-part class (the classes below), 0 when it
   reports none: 0 or a value in [0.25, 1].
 - ``nsfw_score_opennsfw2`` / ``nsfw_score_gantman`` when their weights are configured, as ONNX exports of
-  the Keras models (tf2onnx): Yahoo open_nsfw as packaged by opennsfw2 (256x256 -> centre 224, BGR minus
-  (104, 117, 123); score = P(nsfw), output index 1) and GantMan's nsfw_model MobileNetV2 224 (RGB / 255;
+  the Keras models (tf2onnx): Yahoo open_nsfw as packaged by opennsfw2 (its preprocess_image: 256x256
+  bilinear, a JPEG save and reload, centre 224, BGR minus (104, 117, 123); score = P(nsfw), output index 1) and GantMan's nsfw_model MobileNetV2 224 (RGB / 255;
   score = P(hentai) + P(porn) + P(sexy) of drawings/hentai/neutral/porn/sexy). The input layout (NHWC as
   tf2onnx writes it, or NCHW) is read from the model.
 """
@@ -134,6 +134,19 @@ def _nudenet_detections(output: np.ndarray, width: int, height: int, model_size:
     return [(NUDENET_LABELS[class_ids[i]], float(best[keep][i])) for i in np.asarray(kept, dtype=np.int64).reshape(-1)]
 
 
+def jpeg_round_trip(rgb: np.ndarray) -> np.ndarray:
+    """opennsfw2's (and Yahoo's classify_nsfw.py's) step after the 256x256 bilinear resize: save as JPEG
+    with Pillow's defaults and read it back, for the compression artefacts the model was trained with."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG")
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
 class OnnxNsfwScorer:
     """opennsfw2 or GantMan, chosen by ``preset``."""
 
@@ -161,6 +174,8 @@ class OnnxNsfwScorer:
         self.nhwc = len(inp.shape) == 4 and inp.shape[-1] == 3
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        if self.preset == "opennsfw2":
+            pixels = np.stack([jpeg_round_trip(p) for p in pixels]) if len(pixels) else pixels
         x = pixels.astype(np.float32)
         if self.preset == "opennsfw2":
             off = (x.shape[1] - 224) // 2

@@ -211,3 +211,19 @@ def test_length_sorted_text_chunks_give_open_clips_embeddings_in_input_order(tin
     with torch.no_grad():
         expected = torch.nn.functional.normalize(model.encode_text(tokenizer(texts)), dim=-1)
     torch.testing.assert_close(scorer.encode_texts(texts), expected, rtol=0, atol=ATOL)
+
+
+def test_opennsfw2_input_equals_opennsfw2s_preprocess_image_where_installed(photos):
+    """opennsfw2 is not a dependency (it is in the convert-nsfw extra): checked where it is installed.
+    By hand with opennsfw2 0.19.0's _image.py: identical arrays on the shared photos."""
+    image_module = pytest.importorskip("opennsfw2._image")
+    from models.config import OnnxSpec
+    from models.images import decode_rgb, image_views
+    from models.nsfw import OnnxNsfwScorer
+
+    scorer = OnnxNsfwScorer("nsfw_opennsfw2", "opennsfw2", OnnxSpec("unused.onnx"))
+    scorer.nhwc = True
+    for data in photos:
+        expected = image_module.preprocess_image(Image.open(io.BytesIO(data)))
+        got = scorer.preprocess(image_views(decode_rgb(data), scorer.views)[scorer.views[0]][None])[0]
+        np.testing.assert_array_equal(got, expected)
