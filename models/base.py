@@ -28,7 +28,8 @@ class ViewSpec:
     """How a scorer wants its pixels. Views are uint8 RGB (N, H, W, 3) arrays, normalised on the device.
 
     kind: ``center_crop`` (shorter side -> size, bicubic, centre crop: CLIP), ``stretch`` (resize to
-    size x size, bilinear: the LAION watermark model), ``letterbox`` (pad right/bottom to a square,
+    size x size, bilinear: the LAION watermark model, opennsfw2), ``stretch_nearest`` (the same with
+    nearest-neighbour: GantMan, whose predict.py reads images with keras load_img), ``letterbox`` (pad right/bottom to a square,
     then resize: nudenet/YOLO), ``gray`` (uint8 grayscale at the decoded size, one array per image).
     """
 

@@ -51,7 +51,10 @@ def _resize(t, height: int, width: int, mode: str, antialias: bool):
     import torch.nn.functional as F  # noqa: N812
 
     x = t.unsqueeze(0).float()
-    x = F.interpolate(x, size=(height, width), mode=mode, antialias=antialias, align_corners=False)
+    if mode.startswith("nearest"):
+        x = F.interpolate(x, size=(height, width), mode=mode)
+    else:
+        x = F.interpolate(x, size=(height, width), mode=mode, antialias=antialias, align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8).squeeze(0)
 
 
@@ -68,6 +71,8 @@ def make_view_tensor(chw, spec: ViewSpec):
         return resized[:, top : top + size, left : left + size].permute(1, 2, 0).contiguous()
     if spec.kind == "stretch":
         return _resize(chw, spec.size, spec.size, "bilinear", antialias=True).permute(1, 2, 0).contiguous()
+    if spec.kind == "stretch_nearest":  # PIL's NEAREST picks the source pixel as nearest-exact does
+        return _resize(chw, spec.size, spec.size, "nearest-exact", antialias=False).permute(1, 2, 0).contiguous()
     if spec.kind == "letterbox":
         side = max(h, w)
         padded = torch.zeros((3, side, side), dtype=chw.dtype, device=chw.device)

@@ -77,6 +77,8 @@ def make_view(img: Image.Image, spec: ViewSpec) -> np.ndarray:
         return _center_crop(img, spec.size)
     if spec.kind == "stretch":
         return _stretch(img, spec.size)
+    if spec.kind == "stretch_nearest":  # keras load_img(target_size=...)'s default: GantMan's predict.py
+        return np.asarray(img.resize((spec.size, spec.size), Image.NEAREST))
     if spec.kind == "letterbox":
         return _letterbox(img, spec.size)
     if spec.kind == "gray":

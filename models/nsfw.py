@@ -161,7 +161,7 @@ class OnnxNsfwScorer:
         self.spec = spec
         self.options = options
         self.columns = (f"nsfw_score_{preset}",)
-        self.views = (ViewSpec("stretch", 256 if preset == "opennsfw2" else 224),)
+        self.views = (ViewSpec("stretch", 256) if preset == "opennsfw2" else ViewSpec("stretch_nearest", 224),)
         self.session = None
 
     def describe(self) -> str:

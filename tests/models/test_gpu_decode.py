@@ -15,7 +15,7 @@ from models.base import ViewSpec
 from models.gpu_decode import decode_batch, gpu_decodable
 from models.images import decode_rgb, image_views
 
-VIEWS = (ViewSpec("center_crop", 224), ViewSpec("stretch", 256), ViewSpec("letterbox", 320), ViewSpec("gray"))
+VIEWS = (ViewSpec("center_crop", 224), ViewSpec("stretch", 256), ViewSpec("stretch_nearest", 224), ViewSpec("letterbox", 320), ViewSpec("gray"))
 
 
 def _png(data: bytes) -> bytes:
@@ -36,7 +36,9 @@ def test_device_views_match_the_cpu_views_within_a_few_levels(photos):
             assert a.shape == b.shape, spec
             diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
             # different resampling kernels (torch vs PIL / OpenCV): small on average, never a shifted crop
-            assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12, (spec, diff.mean(), np.percentile(diff, 99))
+            assert diff.mean() < 2.0, (spec, diff.mean())
+            if spec.kind != "stretch_nearest":  # nearest: a rounding tie picks the neighbouring pixel
+                assert np.percentile(diff, 99) <= 12, (spec, np.percentile(diff, 99))
 
 
 def test_other_formats_and_broken_files_take_the_cpu_path(photos):
