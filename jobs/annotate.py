@@ -102,7 +102,9 @@ def run(spark: SparkSession, inputs: list[str], output: str, config: Config, ove
     if (finished := stage.finished_stats(overwrite)) is not None:
         return finished
     models = resolve_models(config)
-    run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers)
+    # torch threads per task = the cores Spark gives a task (PySpark's OMP_NUM_THREADS is the executor's)
+    cpu_threads = int(spark.conf.get("spark.task.cpus", "1"))
+    run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers, cpu_threads=cpu_threads)
     files = input_files(inputs, stage.storage)
     stage.prepare(overwrite=overwrite)
     stage.pin_inputs(files)

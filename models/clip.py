@@ -22,8 +22,8 @@ from models.images import to_device_nchw
 
 log = logging.getLogger(__name__)
 
-TEXT_CHUNKS = 4  # a batch's captions are encoded in up to this many length-sorted chunks ...
-TEXT_CHUNK_MIN = 16  # ... of at least this many captions
+TEXT_CHUNKS = 8  # a batch's captions are encoded in up to this many length-sorted chunks ...
+TEXT_CHUNK_MIN = 8  # ... of at least this many captions
 
 
 def register_arch(arch: str, options: StorageOptions | None = None) -> str:

@@ -34,12 +34,13 @@ class RunOptions:
     batch_size: int = 64
     decode_workers: int = 4
     gpu_decode: bool = True  # on CUDA: JPEGs decoded (nvJPEG, batched) and resized on the GPU
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0: torch's default (all cores, or OMP_NUM_THREADS)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
-        if self.batch_size < 1 or self.decode_workers < 1:
-            raise ValueError("batch_size and decode_workers must be >= 1")
+        if self.batch_size < 1 or self.decode_workers < 1 or self.cpu_threads < 0:
+            raise ValueError("batch_size and decode_workers must be >= 1, cpu_threads >= 0")
 
 
 def resolve_device(device: str) -> str:
@@ -92,6 +93,10 @@ class AnnotationRunner:
         import torch
 
         torch.set_grad_enabled(False)
+        if self.options.cpu_threads and not self.device.startswith("cuda"):
+            # Spark runs several tasks per executor, each a Python worker whose torch would otherwise
+            # start one thread per core: N tasks x N threads on N cores spin against each other
+            torch.set_num_threads(self.options.cpu_threads)
         for s in self.scorers:
             started = time.perf_counter()
             s.load(self.device)
