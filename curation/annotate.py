@@ -231,5 +231,5 @@ def stats_extra(stage: StageDir, columns: dict[str, str], run: RunOptions) -> di
         "null_counts": dict(sorted(nulls.items())),
         "devices": sorted(devices),
         "scorer_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
-        "run_options": {"device": run.device, "batch_size": run.batch_size, "decode_workers": run.decode_workers},
+        "run_options": {"device": run.device, "batch_size": run.batch_size, "decode_workers": run.decode_workers, "cpu_threads": run.cpu_threads},
     }

@@ -104,7 +104,10 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
         if path and spark is not None:  # the weights are read on the executors
             storage.check_shared(storage.absolute(path), spark.sparkContext.master, stage.storage, "[annotate] models")
     models = resolve_models(config)
-    run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers)
+    # torch threads per task = the cores Spark gives a task (PySpark's OMP_NUM_THREADS is the executor's)
+    cpu_threads = int(spark.conf.get("spark.task.cpus", "1"))
+    run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers,
+                          cpu_threads=cpu_threads)
     columns = describe_columns(models)
 
     def work(stage: StageDir, files: list[str]) -> Work:

@@ -30,7 +30,8 @@ class ViewSpec:
     """How a scorer wants its pixels. Views are uint8 RGB (N, H, W, 3) arrays, normalised on the device.
 
     kind: ``center_crop`` (shorter side -> size, bicubic, centre crop: CLIP), ``stretch`` (resize to
-    size x size, bilinear: the LAION watermark model), ``letterbox`` (pad right/bottom to a square,
+    size x size, bilinear: the LAION watermark model, opennsfw2), ``stretch_nearest`` (the same with
+    nearest-neighbour: GantMan, whose predict.py reads images with keras load_img), ``letterbox`` (pad right/bottom to a square,
     then resize: nudenet/YOLO), ``gray`` (uint8 grayscale at the decoded size, one array per image).
     """
 
@@ -43,6 +44,7 @@ class ImageTextBatch:
     texts: list[str]
     views: dict[ViewSpec, np.ndarray | list[np.ndarray]]
     features: dict[str, object] = field(default_factory=dict)  # e.g. torch tensors of embeddings
+    sizes: list[tuple[int, int]] | None = None  # decoded (width, height) per image, when known
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -52,6 +54,13 @@ class ImageTextBatch:
             return self.views[spec]
         except KeyError as e:
             raise ModelError(f"batch has no view {spec}; views: {list(self.views)}") from e
+
+
+def as_numpy(view) -> np.ndarray:
+    """A view as a numpy array: views made on the GPU (models.gpu_decode) are torch tensors there."""
+    if isinstance(view, np.ndarray):
+        return view
+    return view.cpu().numpy()
 
 
 @runtime_checkable

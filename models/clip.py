@@ -22,6 +22,9 @@ from models.images import to_device_nchw
 
 log = logging.getLogger(__name__)
 
+TEXT_CHUNKS = 8  # a batch's captions are encoded in up to this many length-sorted chunks ...
+TEXT_CHUNK_MIN = 8  # ... of at least this many captions
+
 
 def register_arch(arch: str, options: StorageOptions | None = None) -> str:
     """Make ``arch`` known to open_clip and return its name: a built-in name is returned as is; a
@@ -118,7 +121,17 @@ class ClipScorer:
 
         tokens = self.tokenizer(texts).to(self.device)
         with torch.inference_mode(), _autocast(self.device):
-            return self.model.encode_text(tokens, normalize=True).float()
+            if len(texts) <= TEXT_CHUNK_MIN:
+                return encode_text_trimmed(self.model, tokens).float()
+            # captions sorted by length in a few chunks, each trimmed to its own longest: one long
+            # caption no longer makes the whole batch pay for 77 positions
+            order = torch.argsort(tokens.argmax(dim=-1))
+            size = max(TEXT_CHUNK_MIN, -(-len(texts) // TEXT_CHUNKS))
+            parts = [(rows, encode_text_trimmed(self.model, tokens[rows]).float()) for rows in order.split(size)]
+            out = torch.empty((len(texts), parts[0][1].shape[1]), dtype=torch.float32, device=tokens.device)
+            for rows, part in parts:
+                out[rows] = part
+            return out
 
     def score(self, batch: ImageTextBatch) -> dict[str, np.ndarray]:
         if self.model is None:
@@ -129,6 +142,40 @@ class ClipScorer:
             batch.features[self.share_as] = image
         similarity = (image * text).sum(dim=-1)
         return {self.columns[0]: similarity.cpu().numpy().astype(np.float32)}
+
+
+def encode_text_trimmed(model, tokens):
+    """``model.encode_text(tokens, normalize=True)`` over the first L positions only, L = the last
+    end-of-text position in the batch + 1, instead of all 77.
+
+    Exact for open_clip's CLIP text tower: its attention is causal, so positions after a caption's EOT
+    token never reach the EOT position, where the embedding is read (argmax pooling: EOT is the
+    highest token id). Alt texts are mostly far shorter than 77 tokens, so the text tower does a
+    fraction of the work (README, 'Annotate throughput'). Any other text tower (no causal mask, other
+    pooling) runs unchanged.
+    """
+    import torch.nn.functional as F  # noqa: N812
+    from open_clip.transformer import text_global_pool
+    from torch import nn
+
+    if (
+        getattr(model, "text_pool_type", None) != "argmax"
+        or getattr(model, "attn_mask", None) is None
+        or not hasattr(model, "token_embedding")
+        or getattr(model.transformer, "batch_first", True) is not True
+    ):
+        return model.encode_text(tokens, normalize=True)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return F.normalize(x, dim=-1)
 
 
 def _autocast(device: str):

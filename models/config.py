@@ -157,13 +157,19 @@ def parse_models_config(data: dict, base: str = ".", source: str | None = None) 
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ModelsConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
-    kwargs = {name: _section(name, value, base, where) for name, value in data.items()}
+    kwargs, problems = {}, []
+    for name, value in data.items():  # every section's problem is reported, not only the first
+        try:
+            kwargs[name] = _section(name, value, base, where)
+        except ModelsConfigError as e:
+            problems.append(str(e))
     if kwargs.get("faces") and kwargs["faces"].detector not in FACE_DETECTORS:
-        raise ModelsConfigError(f"{where}: [faces] detector must be one of {FACE_DETECTORS}")
-    cfg = ModelsConfig(**kwargs, source=source)
-    if cfg.aesthetic_laion_v2 and not cfg.clip_vitl14:
-        raise ModelsConfigError(f"{where}: [aesthetic_laion_v2] runs on the ViT-L/14 embedding: configure [clip_vitl14]")
-    return cfg
+        problems.append(f"{where}: [faces] detector must be one of {FACE_DETECTORS}")
+    if "aesthetic_laion_v2" in kwargs and "clip_vitl14" not in kwargs and "clip_vitl14" not in data:
+        problems.append(f"{where}: [aesthetic_laion_v2] runs on the ViT-L/14 embedding: configure [clip_vitl14]")
+    if problems:
+        raise ModelsConfigError("\n".join(problems))
+    return ModelsConfig(**kwargs, source=source)
 
 
 def load_models_config(uri: str | None, options: storage.StorageOptions | None = None) -> ModelsConfig:

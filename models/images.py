@@ -77,6 +77,8 @@ def make_view(img: Image.Image, spec: ViewSpec) -> np.ndarray:
         return _center_crop(img, spec.size)
     if spec.kind == "stretch":
         return _stretch(img, spec.size)
+    if spec.kind == "stretch_nearest":  # keras load_img(target_size=...)'s default: GantMan's predict.py
+        return np.asarray(img.resize((spec.size, spec.size), Image.NEAREST))
     if spec.kind == "letterbox":
         return _letterbox(img, spec.size)
     if spec.kind == "gray":
@@ -106,9 +108,12 @@ def to_device_nchw(batch: np.ndarray, device: str, mean: tuple, std: tuple, scal
     """uint8 NHWC -> normalised float32 NCHW on ``device`` ((x / scale - mean) / std)."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(batch))
-    if device.startswith("cuda"):
-        t = t.pin_memory().to(device, non_blocking=True)
+    if isinstance(batch, torch.Tensor):  # made on the device already (models.gpu_decode)
+        t = batch.to(device)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(batch))
+        if device.startswith("cuda"):
+            t = t.pin_memory().to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(scale)
     m = torch.tensor(mean, device=t.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=t.device).view(1, -1, 1, 1)

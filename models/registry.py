@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from curation.storage import StorageOptions
 from models import weights
-from models.base import Scorer
+from models.base import MissingWeightsError, ModelError, Scorer
 from models.config import ModelsConfig
 
 L14_EMBEDDING = "clip_vitl14.image_embedding"
@@ -76,6 +78,63 @@ def check_weights(cfg: ModelsConfig, options: StorageOptions | None = None) -> N
     """Fail before any work starts if a configured file is missing (the error names model and file)."""
     for model, uri in weight_files(cfg).items():
         weights.check_exists(model, uri, options)
+
+
+@dataclass(frozen=True)
+class ColumnStatus:
+    column: str
+    section: str
+    filled_by: str | None  # what fills it; None: the column stays null
+    problem: str | None = None  # why it cannot be filled as configured (missing file, bad checkpoint)
+    how_to_get: str | None = None
+
+    def line(self) -> str:
+        if self.problem:
+            hint = f" -- {self.how_to_get}" if self.how_to_get else ""
+            return f"PROBLEM: {self.problem}{hint}"
+        return self.filled_by or f"null: [{self.section}] not configured"
+
+
+def how_to_get(section: str) -> str | None:
+    from models.fetch import SOURCES
+
+    if section in SOURCES:
+        return f"`curation models fetch DIR --only {section}` (README, 'Models')"
+    if section in ("nsfw_opennsfw2", "nsfw_gantman"):
+        return "convert the Keras model to ONNX (README, 'Models')"
+    return None
+
+
+def check_models(cfg: ModelsConfig, options: StorageOptions | None = None, load: bool = False) -> list[ColumnStatus]:
+    """Every score column with what fills it and, all at once, every problem: each missing file, and
+    with ``load`` each checkpoint that does not load into its architecture (loaded on CPU, one at a time)."""
+    scorers = {s.name: s for s in build_scorers(cfg, options)}
+    problems: dict[str, list[str]] = {}
+    for model, uri in weight_files(cfg).items():
+        try:
+            weights.check_exists(model, uri, options)
+        except MissingWeightsError as e:
+            problems.setdefault(model.split(".")[0], []).append(str(e))
+    if load:
+        for name, scorer in scorers.items():
+            if name in problems:
+                continue
+            try:
+                scorer.load("cpu")
+            except (ModelError, OSError, RuntimeError, ValueError) as e:
+                problems.setdefault(name, []).append(f"model {name!r}: {e}")
+            finally:
+                for attr in ("model", "session"):
+                    if hasattr(scorer, attr):
+                        setattr(scorer, attr, None)  # free it before the next one loads
+    if "clip_vitl14" in problems and "aesthetic_laion_v2" in scorers:
+        problems.setdefault("aesthetic_laion_v2", []).append("model 'aesthetic_laion_v2': needs the ViT-L/14 embedding, and clip_vitl14 has a problem")
+    filled = {col: s.describe() for s in scorers.values() for col in s.columns}
+    out = []
+    for column, section in SCORE_COLUMNS.items():
+        problem = "; ".join(problems.get(section, [])) or None
+        out.append(ColumnStatus(column, section, filled.get(column), problem, how_to_get(section) if problem else None))
+    return out
 
 
 def describe_columns(cfg: ModelsConfig, scorers: list[Scorer] | None = None) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Runs every configured scorer over rows of (image bytes, text), in batches.
 
 Decoding and resizing run in a thread pool (Pillow and OpenCV release the GIL) one batch ahead of the
-models, so on a GPU the next batch is being decoded while the current one is scored. Each image is
+models, so on a GPU the next batch is being decoded while the current one is scored; on CUDA, JPEGs
+are decoded and resized on the GPU itself, on a stream of their own (models.gpu_decode). Each image is
 decoded once and each distinct view is made once per image, whatever the number of scorers using it.
 Models are loaded once per Python process: ``get_runner`` caches the runner, so a Spark executor's
 reused Python worker loads them for its first task only.
@@ -32,12 +33,14 @@ class RunOptions:
     device: str = "auto"  # auto: cuda when a GPU is visible, else cpu
     batch_size: int = 64
     decode_workers: int = 4
+    gpu_decode: bool = True  # on CUDA: JPEGs decoded (nvJPEG, batched) and resized on the GPU
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0: torch's default (all cores, or OMP_NUM_THREADS)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
-        if self.batch_size < 1 or self.decode_workers < 1:
-            raise ValueError("batch_size and decode_workers must be >= 1")
+        if self.batch_size < 1 or self.decode_workers < 1 or self.cpu_threads < 0:
+            raise ValueError("batch_size and decode_workers must be >= 1, cpu_threads >= 0")
 
 
 def resolve_device(device: str) -> str:
@@ -90,6 +93,10 @@ class AnnotationRunner:
         import torch
 
         torch.set_grad_enabled(False)
+        if self.options.cpu_threads and not self.device.startswith("cuda"):
+            # Spark runs several tasks per executor, each a Python worker whose torch would otherwise
+            # start one thread per core: N tasks x N threads on N cores spin against each other
+            torch.set_num_threads(self.options.cpu_threads)
         for s in self.scorers:
             started = time.perf_counter()
             s.load(self.device)
@@ -98,17 +105,39 @@ class AnnotationRunner:
         self.views = tuple(dict.fromkeys(v for s in self.scorers for v in s.views))
         self._pool = ThreadPoolExecutor(self.options.decode_workers, thread_name_prefix="decode")
         self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self._decode_stream = torch.cuda.Stream(device=self.device) if self.decodes_on_gpu else None
         self.loaded = True
         return self
 
-    def _decode(self, data: bytes | None) -> dict | str:
+    def _decode(self, data: bytes | None) -> tuple[dict, tuple[int, int]] | str:
         try:
-            return image_views(decode_rgb(data), self.views)
+            img = decode_rgb(data)
+            return image_views(img, self.views), img.size
         except ImageDecodeError as e:
             return str(e) or "not decodable"
 
-    def _prepare(self, images: list[bytes | None]) -> list[dict | str]:
+    @property
+    def decodes_on_gpu(self) -> bool:
+        return self.options.gpu_decode and self.device.startswith("cuda")
+
+    def _prepare(self, images: list[bytes | None]) -> list[tuple[dict, tuple[int, int]] | str]:
+        if self.decodes_on_gpu:
+            import torch
+
+            from models.gpu_decode import decode_batch
+
+            with torch.cuda.stream(self._decode_stream):  # overlaps the scoring of the previous batch
+                prepared = decode_batch(images, self.views, self.device)
+            self._decode_stream.synchronize()
+            return prepared
         return list(self._pool.map(self._decode, images))
+
+    def _stack(self, per_image: list[dict]) -> dict:
+        if self.decodes_on_gpu:
+            from models.gpu_decode import stack
+
+            return stack(per_image, self.views, self.device)
+        return stack_views(per_image, self.views)
 
     def _sync(self) -> None:
         if self.profile and self.device.startswith("cuda"):
@@ -153,7 +182,8 @@ class AnnotationRunner:
                 continue
             batch = ImageTextBatch(
                 texts=[texts[start + i] for i in ok_rows],
-                views=stack_views([prepared[i] for i in ok_rows], self.views),
+                views=self._stack([prepared[i][0] for i in ok_rows]),
+                sizes=[prepared[i][1] for i in ok_rows],
             )
             parts.append(self.score_batch(batch, seconds))
         columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in self.columns}

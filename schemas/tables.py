@@ -180,7 +180,7 @@ ANNOTATED = Table(
         Column("uid", "string", False),
         Column("image_bytes", "binary"),
         # beyond COYO: the offline NSFW default (nudenet's shipped detector), in its own column
-        Column("nsfw_score_nudenet", "float32", True, "max exposed-body-part probability of nudenet's 320n detector"),
+        Column("nsfw_score_nudenet", "float32", True, "highest exposed-body-part score NudeDetector.detect reports (320n detector), 0 when none"),
     ),
 )
 

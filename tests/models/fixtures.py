@@ -12,19 +12,29 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.conftest import photo_files
+from tests.conftest import SHARED_DATA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CAPTIONS = ["a dog on a beach", "two people riding bicycles in the city", "a bowl of fruit", "a red car", "coffee"]
 
 
+def source_images(n: int) -> list[Image.Image]:
+    """``n`` real photos of ../shared/data/images/photos; where that folder is absent (a user's clone),
+    the loopback server's generated photo-like JPEGs, so the tests that need pixels run everywhere."""
+    folder = SHARED_DATA / "images" / "photos"
+    if folder.is_dir():
+        return [Image.open(p).convert("RGB") for p in sorted(folder.iterdir())[:n]]
+    from tests.http_server import jpeg
+
+    sizes = [(640, 480), (480, 640), (800, 600), (500, 500), (1024, 400), (300, 700)]
+    return [Image.open(io.BytesIO(jpeg(*sizes[i % len(sizes)], seed=i))).convert("RGB") for i in range(n)]
+
+
 def photo_bytes(n: int, short_side: int = 384) -> list[bytes]:
-    """``n`` photos (real where ../shared/data is present, else generated) re-encoded as JPEG with
-    the shorter side ``short_side`` (what download stores)."""
+    """``n`` photos re-encoded as JPEG with the shorter side ``short_side`` (what download stores)."""
     out = []
-    for _, data in photo_files(n, pattern="*"):
-        img = Image.open(io.BytesIO(data)).convert("RGB")
+    for img in source_images(n):
         scale = short_side / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
         buf = io.BytesIO()

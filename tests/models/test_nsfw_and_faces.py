@@ -114,3 +114,13 @@ def test_haar_counts_the_astronauts_face_and_none_in_textures():
     images = [_png("skimage-astronaut.png"), _png("skimage-brick.png"), _png("skimage-moon.png")]
     counts = counter.score(_batch(images, counter.views))["num_faces"]
     assert counts.dtype == np.int32 and counts.tolist() == [1, 0, 0]
+
+
+def test_gantman_input_is_keras_load_img_nearest_224_over_255(photos):
+    """GantMan's predict.py: keras load_img(target_size=(224, 224)) (PIL, nearest) then / 255."""
+    scorer = OnnxNsfwScorer("nsfw_gantman", "gantman", OnnxSpec("unused.onnx"))
+    scorer.nhwc = True
+    img = decode_rgb(photos[0])
+    expected = np.asarray(img.resize((224, 224), Image.NEAREST), dtype=np.float32) / 255.0
+    got = scorer.preprocess(image_views(img, scorer.views)[scorer.views[0]][None])[0]
+    np.testing.assert_array_equal(got, expected)
