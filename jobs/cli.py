@@ -319,7 +319,7 @@ def models_fetch(
 ) -> None:
     """Download the real public checkpoints (resumable, size + sha256 verified) and write FOLDER/MODELS.toml."""
     from curation.storage import StorageOptions
-    from models.fetch import FetchModelsError, FetchOptions, fetch_models
+    from models.fetch import FetchOptions, fetch_models
 
     _setup_logging(verbose)
     overrides = []
