@@ -20,8 +20,13 @@ decoding. Its hash may differ from exact by a few bits: bench/phash.py measures 
 (<= 2 bits on 99.2 % of 2,000 photo-like JPEGs).
 
 The **robust dedup key** (``keys_many``, issue 10; see the section at the end) comes from the same decode:
-EXIF-upright, alpha composited on white, invariant to the 8 rotations/flips, and None for blank images.
-``image_phash`` stays imagehash's.
+EXIF-upright, alpha composited on white, invariant to the 8 rotations/flips, and None for blank images;
+with it the keys of crop windows, optionally aspect windows and the key of the picture inside letterbox /
+pillarbox bars (issue 19). ``image_phash`` stays imagehash's.
+
+Every public entry point holds BLAS to one thread while it runs (``one_blas_thread``, threadpoolctl):
+the small matrix products gain nothing from BLAS threads, which fight over the cores when several
+processes hash at once.
 
 Both modes work on batches (``phash_many``): decoding is per image, the DCT, median and hex encoding
 are vectorised over the batch. Decoding bounds the speed of either mode: Pillow's full decode plus
