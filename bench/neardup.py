@@ -15,7 +15,8 @@ and cluster, so uniform hashes flatter the banded join. The base hashes are then
 keys and crop-window keys of the real photos and their edits (bench/neardup_quality.py's hard edits,
 one copy per class), each with ``--noise`` (0.15) of its bits flipped at random (the bias of each bit
 stays), planted copies as above; the (table, key) bucket sizes of the band plan are printed against
-what uniform hashes would give.
+what uniform hashes would give. ``--windows W`` gives each row W window keys (drawn like the base
+hashes) and times the robust key's window join instead (20: crop windows; 56: with aspect windows).
 
 ``--check`` exits 1 unless 1M < 120 s, time(1M) / time(500k) <= 2.3 and recall is 100 %.
 """
@@ -101,7 +102,8 @@ def bucket_sizes(hashes: np.ndarray, k: int) -> dict:
             "candidate_pairs": pairs, "uniform_candidate_pairs": round(uniform)}
 
 
-def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "uniform", noise: float = 0.15) -> tuple[pa.Table, set[tuple[int, int]]]:
+def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "uniform", noise: float = 0.15,
+                   windows: int = 0) -> tuple[pa.Table, set[tuple[int, int]]]:
     """KEYS rows (n in total) and the planted pairs (a < b as signed int64) within distance k."""
     rng = np.random.default_rng(seed)
     n_copies = int(n * planted)
@@ -132,7 +134,10 @@ def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "unifo
             "pixels": pa.array(rng.integers(40_000, 2_000_000, n)),
             "robust": pa.array(hashes),
             "blank": pa.array(np.zeros(n, bool)),
-            "windows": pa.nulls(n, pa.list_(pa.int64())),  # the near-duplicate step on the keys alone
+            "windows": (  # the near-duplicate step on the keys alone, or with this many window keys per row
+                pa.array(list(_base_hashes(rng, n * windows, keys, noise).reshape(n, windows)), pa.list_(pa.int64()))
+                if windows else pa.nulls(n, pa.list_(pa.int64()))
+            ),
         },
         schema=KEYS.arrow_schema(),
     )
@@ -140,15 +145,16 @@ def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "unifo
 
 
 def run_size(spark, n: int, k: int, planted: float, seed: int, workdir: str, bands: int = 0, keys: str = "uniform",
-             noise: float = 0.15) -> dict:
-    keys_table, planted_pairs = synthetic_keys(n, k, planted, seed, keys, noise)
+             noise: float = 0.15, windows: int = 0) -> dict:
+    keys_table, planted_pairs = synthetic_keys(n, k, planted, seed, keys, noise, windows)
     buckets = bucket_sizes(keys_table.column("phash").to_numpy(), k)
     src = os.path.join(workdir, f"keys-{n}.parquet")
     import pyarrow.parquet as pq
 
     pq.write_table(keys_table, src)
     keys = spark.read.parquet(src).localCheckpoint()  # the input, in memory as a job's keys would be
-    rules = DedupRules(max_distance=k, pairs=False, exact=False, bands=bands)  # the near-duplicate step alone
+    rules = DedupRules(max_distance=k, pairs=False, exact=False, bands=bands,  # the near-duplicate step alone
+                       key="robust" if windows else "phash", crop_windows=bool(windows))
     started = time.perf_counter()
     decisions, info = decide(keys, rules, None)
     sink = os.path.join(workdir, f"decisions-{n}")
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--planted", type=float, default=0.01)
     ap.add_argument("--keys", choices=("uniform", "real"), default="uniform", help="base hashes: uniform, or real keys + bit noise")
+    ap.add_argument("--windows", type=int, default=0, help="window keys per row (robust key + windows join; 20 crop, 56 with aspect)")
     ap.add_argument("--noise", type=float, default=0.15, help="--keys real: probability that each bit of a drawn real key flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--master", default="local[2]")
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_size(spark, 20_000, args.k, args.planted, args.seed + 1, workdir)  # warm-up: JVM, Python workers
         for n in args.sizes:
-            r = run_size(spark, n, args.k, args.planted, args.seed, workdir, args.bands, args.keys, args.noise)
+            r = run_size(spark, n, args.k, args.planted, args.seed, workdir, args.bands, args.keys, args.noise, args.windows)
             results.append(r)
             print(f"{n:>9,} hashes  {r['seconds']:7.1f} s  plan {r['plan']}  pairs {r['near_pairs']:,}  "
                   f"components on {r['components_on']} ({r['component_rounds'] or '-'} rounds)  planted {r['planted_pairs']:,}  recall {r['recall']:.2%}", flush=True)
