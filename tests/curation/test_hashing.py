@@ -379,3 +379,15 @@ def test_hashing_holds_blas_to_one_thread_and_restores_the_callers_setting():
         after = numpy_blas()
     assert seen and set(seen) == {1}
     assert after == before
+
+
+def test_the_dedup_rules_choose_the_windows_the_stage_hashes():
+    import pyarrow as pa
+
+    from curation.dedup import hash_images
+    from filters.dedup import DedupRules
+
+    boxed = _encode(_bars(_small_photo(ISSUE19_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)
+    column = pa.array([boxed], pa.binary())
+    assert len(hash_images(column, DedupRules())[0].windows) == N_CROP
+    assert len(hash_images(column, DedupRules(aspect_windows=True, trim_borders=True))[0].windows) == N_CROP + N_ASPECT + 1
