@@ -8,7 +8,15 @@ of three). Reported per size: wall time of the whole near-duplicate step (distin
 pairs -> components -> one kept row per component, decisions written to a parquet sink), the band plan,
 pairs found, and recall = planted pairs found / planted pairs.
 
-    python bench/neardup.py [--sizes 250000 500000 1000000] [--k 4] [--json out.json] [--check]
+    python bench/neardup.py [--sizes 250000 500000 1000000] [--k 4] [--keys uniform|real] [--json out.json] [--check]
+
+``--keys real`` (issue 19): real pHashes are not uniform (the DC-adjacent bits are nearly always set)
+and cluster, so uniform hashes flatter the banded join. The base hashes are then drawn from the robust
+keys and crop-window keys of the real photos and their edits (bench/neardup_quality.py's hard edits,
+one copy per class), each with ``--noise`` (0.15) of its bits flipped at random (the bias of each bit
+stays), planted copies as above; the (table, key) bucket sizes of the band plan are printed against
+what uniform hashes would give. ``--windows W`` gives each row W window keys (drawn like the base
+hashes) and times the robust key's window join instead (20: crop windows; 56: with aspect windows).
 
 ``--check`` exits 1 unless 1M < 120 s, time(1M) / time(500k) <= 2.3 and recall is 100 %.
 """
@@ -40,12 +48,67 @@ TARGET_1M_SECONDS = 120.0
 TARGET_RATIO = 2.3
 
 
-def synthetic_keys(n: int, k: int, planted: float, seed: int) -> tuple[pa.Table, set[tuple[int, int]]]:
+def real_key_pool() -> np.ndarray:
+    """Robust keys and crop-window keys (int64) of the real photos and one edit per hard class."""
+    import io as _io
+
+    from PIL import Image, ImageOps
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from neardup_quality import DATA, hard_edits
+
+    from curation.hashing import keys_many
+
+    blobs = []
+    for photo, path in enumerate(sorted((DATA / "photos").iterdir())):
+        raw = path.read_bytes()
+        blobs.append(raw)
+        rgb = ImageOps.exif_transpose(Image.open(_io.BytesIO(raw))).convert("RGB")
+        blobs.extend(d for _, _, d in hard_edits(rgb, photo, 1, 0))
+    hexes = [h for r in keys_many(blobs) if r.key for h in (r.key, *r.windows)]
+    return np.unique(np.frombuffer(bytes.fromhex("".join(hexes)), ">u8").astype(np.uint64).view(np.int64))
+
+
+_POOL: list[np.ndarray] = []
+
+
+def _base_hashes(rng: np.random.Generator, count: int, keys: str, noise: float) -> np.ndarray:
+    if keys == "uniform":
+        return rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, count, dtype=np.int64, endpoint=True)
+    if not _POOL:
+        _POOL.append(real_key_pool())
+    pool = _POOL[0]
+    base = pool[rng.integers(0, len(pool), count)].view(np.uint64)
+    flips = np.packbits(rng.random((count, 64)) < noise, axis=1).view(">u8").astype(np.uint64).reshape(-1)
+    return (base ^ flips).view(np.int64)
+
+
+def bucket_sizes(hashes: np.ndarray, k: int) -> dict:
+    """Sizes of the (table, key) buckets of the band plan for these hashes, and the candidate pairs they
+    make, against the expectation for as many uniform hashes."""
+    from filters.dedup import band_keys, plan_bands
+
+    distinct = np.unique(hashes)
+    plan = plan_bands(k, len(distinct))
+    keys = band_keys(distinct, plan)
+    largest, pairs, p999 = 0, 0, []
+    for t in range(keys.shape[1]):
+        _, counts = np.unique(keys[:, t], return_counts=True)
+        largest = max(largest, int(counts.max()))
+        pairs += int((counts.astype(np.int64) * (counts - 1) // 2).sum())
+        p999.append(float(np.percentile(counts, 99.9)))
+    uniform = sum(len(distinct) ** 2 / 2 / 2.0 ** sum(plan.blocks[b][1] for b in t) for t in plan.tables)
+    return {"plan": plan.describe(), "largest_bucket": largest, "p99.9_bucket": max(p999),
+            "candidate_pairs": pairs, "uniform_candidate_pairs": round(uniform)}
+
+
+def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "uniform", noise: float = 0.15,
+                   windows: int = 0) -> tuple[pa.Table, set[tuple[int, int]]]:
     """KEYS rows (n in total) and the planted pairs (a < b as signed int64) within distance k."""
     rng = np.random.default_rng(seed)
     n_copies = int(n * planted)
     n_chain = n_copies // 10
-    base = rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, n - n_copies - n_chain, dtype=np.int64, endpoint=True)
+    base = _base_hashes(rng, n - n_copies - n_chain, keys, noise)
     sources = rng.choice(len(base), n_copies, replace=False)
 
     def flip(values: np.ndarray) -> np.ndarray:
@@ -71,20 +134,27 @@ def synthetic_keys(n: int, k: int, planted: float, seed: int) -> tuple[pa.Table,
             "pixels": pa.array(rng.integers(40_000, 2_000_000, n)),
             "robust": pa.array(hashes),
             "blank": pa.array(np.zeros(n, bool)),
+            "windows": (  # the near-duplicate step on the keys alone, or with this many window keys per row
+                pa.array(list(_base_hashes(rng, n * windows, keys, noise).reshape(n, windows)), pa.list_(pa.int64()))
+                if windows else pa.nulls(n, pa.list_(pa.int64()))
+            ),
         },
         schema=KEYS.arrow_schema(),
     )
     return keys, planted_pairs
 
 
-def run_size(spark, n: int, k: int, planted: float, seed: int, workdir: str, bands: int = 0) -> dict:
-    keys_table, planted_pairs = synthetic_keys(n, k, planted, seed)
+def run_size(spark, n: int, k: int, planted: float, seed: int, workdir: str, bands: int = 0, keys: str = "uniform",
+             noise: float = 0.15, windows: int = 0) -> dict:
+    keys_table, planted_pairs = synthetic_keys(n, k, planted, seed, keys, noise, windows)
+    buckets = bucket_sizes(keys_table.column("phash").to_numpy(), k)
     src = os.path.join(workdir, f"keys-{n}.parquet")
     import pyarrow.parquet as pq
 
     pq.write_table(keys_table, src)
     keys = spark.read.parquet(src).localCheckpoint()  # the input, in memory as a job's keys would be
-    rules = DedupRules(max_distance=k, pairs=False, exact=False, bands=bands)  # the near-duplicate step alone
+    rules = DedupRules(max_distance=k, pairs=False, exact=False, bands=bands,  # the near-duplicate step alone
+                       key="robust" if windows else "phash", crop_windows=bool(windows))
     started = time.perf_counter()
     decisions, info = decide(keys, rules, None)
     sink = os.path.join(workdir, f"decisions-{n}")
@@ -106,6 +176,7 @@ def run_size(spark, n: int, k: int, planted: float, seed: int, workdir: str, ban
         "near_duplicate_rows": n_near,
         "planted_pairs": len(planted_pairs),
         "recall": round(1 - missed / max(1, len(planted_pairs)), 6),
+        "buckets": buckets,
     }
 
 
@@ -114,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--planted", type=float, default=0.01)
+    ap.add_argument("--keys", choices=("uniform", "real"), default="uniform", help="base hashes: uniform, or real keys + bit noise")
+    ap.add_argument("--windows", type=int, default=0, help="window keys per row (robust key + windows join; 20 crop, 56 with aspect)")
+    ap.add_argument("--noise", type=float, default=0.15, help="--keys real: probability that each bit of a drawn real key flips")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--spark-components", action="store_true",
@@ -132,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_size(spark, 20_000, args.k, args.planted, args.seed + 1, workdir)  # warm-up: JVM, Python workers
         for n in args.sizes:
-            r = run_size(spark, n, args.k, args.planted, args.seed, workdir, args.bands)
+            r = run_size(spark, n, args.k, args.planted, args.seed, workdir, args.bands, args.keys, args.noise, args.windows)
             results.append(r)
             print(f"{n:>9,} hashes  {r['seconds']:7.1f} s  plan {r['plan']}  pairs {r['near_pairs']:,}  "
                   f"components on {r['components_on']} ({r['component_rounds'] or '-'} rounds)  planted {r['planted_pairs']:,}  recall {r['recall']:.2%}", flush=True)
+            print(f"          buckets ({args.keys} keys): {r['buckets']}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         spark.stop()

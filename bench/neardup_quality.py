@@ -1,27 +1,55 @@
-"""Near-duplicate quality of plain pHash and of the robust dedup key (issue 10), on a labelled set
-built here from the real photos of ../shared/data/images/photos.
+"""Near-duplicate quality of the dedup keys under the edits people make (issues 10 and 19), on a
+labelled set built here from the real photos of ../shared/data/images/photos, with Facebook's PDQ
+hash measured side by side in the same run.
 
-Positives: each photo (its original file) paired with each of its generated edits: downscale to 50 %,
-JPEG recompression at quality 30, crops (centred, 5 % and 10 % of the area; at a corner, 5 % and 10 %;
-a 5 % strip cut from the top edge, which changes the aspect ratio), brightness +30 %, contrast -30 %, a
-caption-style text overlay, the 7 other rotations/flips, two EXIF-oriented files (rotated pixels +
-orientation tag 6 / 8, upright when displayed), and two alpha variants (an opaque RGBA PNG, and an RGBA
-PNG with a 1 % transparent border whose colour channels hold noise); plus the transparent logos of
-../shared/data/images/odd paired with their white-background composites. Negatives: random pairs of
-files of different photos (edits included), ``--negatives`` (5) times the positives, plus the
-Middlebury stereo pair and the two different transparent logos.
+**Positives**: each photo (its original file) paired with ``--copies`` (3) edited copies per hard edit
+class, at random strengths:
 
-Reported at ``--distance`` (default: configs/sample.toml's [dedup.rules] max_distance): recall and
-precision of plain pHash, of the robust key alone, and of the robust key with its crop windows (what
-the dedup stage does with key = "robust": a pair is linked when one key is within k of the other key or
-of one of its window keys), missed pairs by edit; and the hashing cost per image of keys_many (pHash +
-robust key + window keys) over phash_many (pHash alone), best of 3 CPU-time runs. The targets are
-checked on the robust key with windows.
+- ``strip_crop``: 5-20 % cut from one side (the aspect ratio changes);
+- ``crop_resize``: the largest crop of another aspect ratio (1:1, 4:3, 3:4, 16:9, 9:16, 2:1) at a random
+  offset, resized to 300-800 px;
+- ``bars_black`` / ``bars_white`` / ``bars_blurred``: letterbox or pillarbox bars padding the picture to
+  another aspect ratio (bars 10-45 % of the canvas), flat black, flat white, or the picture itself
+  enlarged and blurred;
+- ``overlay_text``: a caption band with large text over 5-25 % of the picture (top or bottom, opaque or
+  translucent); ``overlay_logo``: a sticker (rounded box or disc with text) over 5-25 %; ``local_edit``:
+  a rectangle of 10-25 % blurred away, painted over or cloned from elsewhere in the picture;
+- ``rotate_crop``: rotated by 3-30 degrees and cropped to the largest upright rectangle of the same
+  aspect; ``rotate_fill``: rotated by 3-30 degrees onto a larger canvas filled black or white;
+- ``combo``: one of the above, then downscaled to 40-80 % and re-encoded at JPEG quality 35-60;
 
-    python bench/neardup_quality.py [--distance K] [--negatives 5] [--seed 0] [--sweep]
+plus the edits issue 10 covered (``easy``: resize 50 %, JPEG q30, a centred 10 % crop, rot90, mirror,
+EXIF orientation 6, brightness +30 %, an RGBA PNG with a transparent noisy border), and the transparent
+logos of ../shared/data/images/odd paired with their white-background composites. Overlay texts,
+colours, positions and bar colours depend only on (class, copy), so the same template lands on every
+photo.
+
+**Negatives** (``--negatives`` (5) times the positives, at least): hard ones first: the same template
+with different content (same class and copy, two different photos: same bars, same banner, same
+sticker), different pictures of the same scene (two non-overlapping halves of one photo; the Middlebury
+stereo pair; two different transparent logos), then random pairs of files of different photos.
+
+**Exhaustive negatives** (precision at scale): every pair of files that come from different photos
+(~1.3 M pairs at ``--copies 3``): the false-link rate per pair at each method's threshold, and what it
+means for a corpus of one million images (5e11 pairs).
+
+Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robust key alone, k),
+``stage`` (the dedup stage as configs/sample.toml configures it: robust key + crop windows at k: a pair
+is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
+PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
+and its best threshold with precision >= 0.99 on the bench pairs). Reported: recall and precision on
+the bench pairs, recall per edit class side by side, false links on the exhaustive pairs, and the
+hashing cost per image of keys_many over phash_many (best of 3 CPU-time runs; BLAS held to one thread).
+
+    python bench/neardup_quality.py [--distance K] [--copies 3] [--negatives 5] [--seed 0] [--sweep] [--no-pdq]
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # cost per image on one core
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import io
@@ -29,29 +57,43 @@ import random
 import sys
 import time
 import tomllib
-from collections import Counter
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hashing import hamming, keys_many, phash_many
+from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many
 
 REPO = Path(__file__).resolve().parents[1]
 
 DATA = (REPO / ".." / "shared" / "data" / "images").resolve()
 TARGET_RECALL = 0.95
 TARGET_PRECISION = 0.99
-TARGET_COST = 1.3
-ORIENTATIONS = {
-    "rot90": Image.Transpose.ROTATE_90,
-    "rot180": Image.Transpose.ROTATE_180,
-    "rot270": Image.Transpose.ROTATE_270,
-    "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
-    "flip": Image.Transpose.FLIP_TOP_BOTTOM,
-    "transpose": Image.Transpose.TRANSPOSE,
-    "transverse": Image.Transpose.TRANSVERSE,
-}
+TARGET_CLASS_RECALL = 0.85
+TARGET_COST = 1.5
+PDQ_DISTANCES = (31, 63, 90)
+HARD_CLASSES = (
+    "strip_crop",
+    "crop_resize",
+    "bars_black",
+    "bars_white",
+    "bars_blurred",
+    "overlay_text",
+    "overlay_logo",
+    "local_edit",
+    "rotate_crop",
+    "rotate_fill",
+    "combo",
+)
+ASPECTS = (1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 2.0)
+WORDS = ("SALE", "www.example.com", "Breaking news", "(c) 2026 Studio", "LIKE & SHARE", "Original photo", "when you see it")
+COLOURS = ((0, 0, 0), (255, 255, 255), (220, 30, 40), (20, 90, 200), (250, 200, 0), (30, 160, 60))
+
+
+# --- encoding ------------------------------------------------------------------------------------
 
 
 def _jpeg(image: Image.Image, quality: int = 90, exif: Image.Exif | None = None) -> bytes:
@@ -66,39 +108,176 @@ def _png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def _crop(image: Image.Image, area: float, place: str = "centre") -> Image.Image:
-    """A crop removing ``area`` of the pixels: centred, kept at a corner ("top-left", ...) or, for
-    "strip", cut from the top edge only (the aspect ratio changes)."""
-    w, h = image.size
-    if place == "strip":
-        return image.crop((0, round(h * area), w, h))
-    cw, ch = round(w * (1 - area) ** 0.5), round(h * (1 - area) ** 0.5)
-    x = {"left": 0, "right": w - cw}.get(place.split("-")[-1], (w - cw) // 2)
-    y = {"top": 0, "bottom": h - ch}.get(place.split("-")[0], (h - ch) // 2)
-    return image.crop((x, y, x + cw, y + ch))
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(8, size))
 
 
-def _text(image: Image.Image) -> Image.Image:
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
+# --- the hard edits: (picture, template rng, strength rng) -> picture -----------------------------
+
+
+def strip_crop(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    w, h = im.size
+    frac = s.uniform(0.05, 0.20)
+    side = t.choice(("top", "bottom", "left", "right"))
+    box = {
+        "top": (0, round(h * frac), w, h),
+        "bottom": (0, 0, w, h - round(h * frac)),
+        "left": (round(w * frac), 0, w, h),
+        "right": (0, 0, w - round(w * frac), h),
+    }[side]
+    return im.crop(box)
+
+
+def crop_resize(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    w, h = im.size
+    aspect = t.choice([a for a in ASPECTS if abs(np.log(a / (w / h))) > 0.15])
+    cw, ch = (w, round(w / aspect)) if w / h < aspect else (round(h * aspect), h)
+    x, y = s.randint(0, w - cw), s.randint(0, h - ch)
+    longer = s.randint(300, 800)
+    scale = longer / max(cw, ch)
+    return im.crop((x, y, x + cw, y + ch)).resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BICUBIC)
+
+
+def bars(im: Image.Image, t: random.Random, s: random.Random, kind: str) -> Image.Image:
+    """Pad to another aspect ratio so that the bars take 10-45 % of the canvas."""
+    w, h = im.size
+    frac = s.uniform(0.10, 0.45)
+    letterbox = w >= h if t.random() < 0.8 else w < h  # mostly the natural one: landscape -> bars above and below
+    cw, ch = (w, round(h / (1 - frac))) if letterbox else (round(w / (1 - frac)), h)
+    if kind == "blurred":
+        canvas = im.resize((cw, ch), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(max(cw, ch) / 25))
+    else:
+        canvas = Image.new("RGB", (cw, ch), (0, 0, 0) if kind == "black" else (255, 255, 255))
+    canvas.paste(im, ((cw - w) // 2, (ch - h) // 2))
+    return canvas
+
+
+def overlay_text(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    out = im.convert("RGBA")
     w, h = out.size
-    x, y = w // 40, h - h // 12
-    draw.text((x + 1, y + 1), "www.example.com  (c) 2026", fill=(0, 0, 0))  # a caption-style watermark
-    draw.text((x, y), "www.example.com  (c) 2026", fill=(255, 255, 255))
+    band = round(h * s.uniform(0.05, 0.25))
+    y0 = 0 if t.random() < 0.4 else h - band
+    colour = t.choice(COLOURS)
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((0, y0, w, y0 + band), fill=(*colour, t.choice((160, 220, 255))))
+    text = t.choice(WORDS)
+    font = _font(round(band * 0.6))
+    ink = (255, 255, 255) if sum(colour) < 380 else (0, 0, 0)
+    draw.text((w // 20, y0 + band * 0.2), text, font=font, fill=(*ink, 255))
+    return Image.alpha_composite(out, layer).convert("RGB")
+
+
+def overlay_logo(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    out = im.copy()
+    w, h = out.size
+    area = s.uniform(0.05, 0.25)
+    side = (area * w * h) ** 0.5
+    lw, lh = round(min(w, side * 1.3)), round(min(h, side / 1.3))
+    x = round((w - lw) * t.choice((0.03, 0.5, 0.97)))
+    y = round((h - lh) * t.choice((0.03, 0.5, 0.97)))
+    draw = ImageDraw.Draw(out)
+    colour = t.choice(COLOURS)
+    if t.random() < 0.5:
+        draw.rounded_rectangle((x, y, x + lw, y + lh), radius=lh // 5, fill=colour, outline=(255, 255, 255), width=max(1, lh // 30))
+    else:
+        draw.ellipse((x, y, x + lw, y + lh), fill=colour)
+    ink = (255, 255, 255) if sum(colour) < 380 else (0, 0, 0)
+    draw.text((x + lw * 0.15, y + lh * 0.3), t.choice(WORDS)[:8], font=_font(round(lh * 0.3)), fill=ink)
     return out
 
 
+def local_edit(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    out = im.copy()
+    w, h = out.size
+    area = s.uniform(0.10, 0.25)
+    aspect = s.uniform(0.6, 1.6)
+    rw, rh = round(min(w, (area * w * h * aspect) ** 0.5)), round(min(h, (area * w * h / aspect) ** 0.5))
+    x, y = s.randint(0, w - rw), s.randint(0, h - rh)
+    kind = t.choice(("blur", "paint", "clone"))
+    region = out.crop((x, y, x + rw, y + rh))
+    if kind == "blur":
+        patch = region.filter(ImageFilter.GaussianBlur(max(rw, rh) / 10))
+    elif kind == "paint":
+        patch = Image.new("RGB", (rw, rh), tuple(int(v) for v in np.asarray(region).reshape(-1, 3).mean(axis=0)))
+    else:
+        sx, sy = s.randint(0, w - rw), s.randint(0, h - rh)
+        patch = out.crop((sx, sy, sx + rw, sy + rh)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out.paste(patch, (x, y))
+    return out
+
+
+def _angle(t: random.Random, s: random.Random) -> float:
+    return s.uniform(3.0, 30.0) * t.choice((-1, 1))
+
+
+def rotate_crop(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    """Rotated, then the largest centred rectangle of the original aspect inside the rotated picture."""
+    w, h = im.size
+    a = np.radians(abs(_angle(t, s)))
+    scale = 1.0 / (np.cos(a) + np.sin(a) * max(w / h, h / w))  # fits the rotated frame (same aspect)
+    rotated = im.rotate(np.degrees(a) * (1 if t.random() < 0.5 else -1), Image.Resampling.BICUBIC)
+    cw, ch = round(w * scale), round(h * scale)
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return rotated.crop((x, y, x + cw, y + ch))
+
+
+def rotate_fill(im: Image.Image, t: random.Random, s: random.Random) -> Image.Image:
+    return im.rotate(_angle(t, s), Image.Resampling.BICUBIC, expand=True, fillcolor=t.choice(((0, 0, 0), (255, 255, 255))))
+
+
+EDITS = {
+    "strip_crop": strip_crop,
+    "crop_resize": crop_resize,
+    "bars_black": lambda im, t, s: bars(im, t, s, "black"),
+    "bars_white": lambda im, t, s: bars(im, t, s, "white"),
+    "bars_blurred": lambda im, t, s: bars(im, t, s, "blurred"),
+    "overlay_text": overlay_text,
+    "overlay_logo": overlay_logo,
+    "local_edit": local_edit,
+    "rotate_crop": rotate_crop,
+    "rotate_fill": rotate_fill,
+}
+
+
+def combo(im: Image.Image, t: random.Random, s: random.Random) -> tuple[bytes, str]:
+    name = t.choice(sorted(EDITS))
+    edited = EDITS[name](im, t, s)
+    scale = s.uniform(0.4, 0.8)
+    w, h = edited.size
+    small = edited.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return _jpeg(small, s.randint(35, 60)), name
+
+
+def _rng(*parts: object) -> random.Random:
+    return random.Random(zlib.crc32(":".join(map(str, parts)).encode()))
+
+
+def hard_edits(rgb: Image.Image, photo: int, copies: int, seed: int) -> list[tuple[str, int, bytes]]:
+    """(class, copy, bytes): ``copies`` of each hard class; template choices depend on (class, copy)."""
+    out = []
+    for copy in range(copies):
+        for cls in HARD_CLASSES:
+            t, s = _rng(seed, cls, copy), _rng(seed, cls, copy, photo)
+            if cls == "combo":
+                data, _ = combo(rgb, t, s)
+            else:
+                data = _jpeg(EDITS[cls](rgb, t, s), s.randint(80, 95))
+            out.append((cls, copy, data))
+    return out
+
+
+# --- the easy edits of issue 10 ------------------------------------------------------------------
+
+
 def _exif(image: Image.Image, tag: int) -> bytes:
-    """Pixels stored rotated with orientation ``tag``, so that a viewer shows them upright."""
     stored = image.transpose(Image.Transpose.ROTATE_90 if tag == 6 else Image.Transpose.ROTATE_270)
     exif = Image.Exif()
     exif[0x0112] = tag
     return _jpeg(stored, 92, exif)
 
 
-def _alpha_garbage(image: Image.Image, seed: int) -> bytes:
-    """RGBA: a transparent 1 % border (~4 % of the pixels) whose colour channels hold noise (what
-    viewers never show: composited, it is a thin white frame)."""
+def _alpha_border(image: Image.Image, seed: int) -> bytes:
     rgba = np.array(image.convert("RGBA"))
     h, w = rgba.shape[:2]
     bh, bw = max(1, h // 100), max(1, w // 100)
@@ -110,28 +289,21 @@ def _alpha_garbage(image: Image.Image, seed: int) -> bytes:
     return _png(Image.fromarray(rgba, "RGBA"))
 
 
-def edits(image: Image.Image, seed: int) -> dict[str, bytes]:
-    rgb = image.convert("RGB")
+def easy_edits(rgb: Image.Image, seed: int) -> list[tuple[str, int, bytes]]:
     w, h = rgb.size
-    out = {
-        "resize50": _jpeg(rgb.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BICUBIC)),
-        "jpeg_q30": _jpeg(rgb, 30),
-        "crop5": _jpeg(_crop(rgb, 0.05)),
-        "crop10": _jpeg(_crop(rgb, 0.10)),
-        "crop5_corner": _jpeg(_crop(rgb, 0.05, ("top-left", "bottom-right")[seed % 2])),
-        "crop10_corner": _jpeg(_crop(rgb, 0.10, ("top-right", "bottom-left")[seed % 2])),
-        "crop5_strip": _jpeg(_crop(rgb, 0.05, "strip")),
-        "bright130": _jpeg(ImageEnhance.Brightness(rgb).enhance(1.3)),
-        "contrast70": _jpeg(ImageEnhance.Contrast(rgb).enhance(0.7)),
-        "text": _jpeg(_text(rgb)),
-        "exif6": _exif(rgb, 6),
-        "exif8": _exif(rgb, 8),
-        "rgba_opaque": _png(rgb.convert("RGBA")),
-        "rgba_border": _alpha_garbage(rgb, seed),
-    }
-    for name, op in ORIENTATIONS.items():
-        out[name] = _jpeg(rgb.transpose(op))
-    return out
+    cw, ch = round(w * 0.9**0.5), round(h * 0.9**0.5)
+    x, y = (w - cw) // 2, (h - ch) // 2
+    edits = [
+        _jpeg(rgb.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BICUBIC)),
+        _jpeg(rgb, 30),
+        _jpeg(rgb.crop((x, y, x + cw, y + ch))),
+        _jpeg(rgb.transpose(Image.Transpose.ROTATE_90)),
+        _jpeg(rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        _exif(rgb, 6),
+        _jpeg(ImageEnhance.Brightness(rgb).enhance(1.3)),
+        _alpha_border(rgb, seed),
+    ]
+    return [("easy", i, d) for i, d in enumerate(edits)]
 
 
 def _on_white(data: bytes) -> bytes:
@@ -140,57 +312,163 @@ def _on_white(data: bytes) -> bytes:
     return _png(Image.alpha_composite(white, image).convert("RGB"))
 
 
-def build_set(negatives: int, seed: int) -> tuple[list[tuple[str, bytes]], list[tuple[int, int, str]], list[tuple[int, int, str]]]:
-    """(files: (name, bytes)), positive pairs and negative pairs as (file index, file index, label)."""
+# --- the set -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchSet:
+    names: list[str]
+    data: list[bytes]
+    group: np.ndarray  # which photo a file comes from (pairs across groups are the exhaustive negatives)
+    pos: list[tuple[int, int, str]]  # (file, file, edit class)
+    neg: list[tuple[int, int, str]]  # (file, file, kind)
+
+
+def build_set(copies: int, negatives: int, seed: int) -> BenchSet:
     photos = sorted((DATA / "photos").iterdir())
     if not photos:
         raise SystemExit(f"no photos in {DATA / 'photos'}")
-    files: list[tuple[str, bytes]] = []
-    groups: list[list[int]] = []
+    names: list[str] = []
+    data: list[bytes] = []
+    group: list[int] = []
     pos: list[tuple[int, int, str]] = []
-    for i, path in enumerate(photos):
-        data = path.read_bytes()
-        first = len(files)
-        files.append((path.name, data))
-        for name, edited in edits(Image.open(io.BytesIO(data)), seed + i).items():
-            pos.append((first, len(files), name))
-            files.append((f"{path.name}:{name}", edited))
-        groups.append(list(range(first, len(files))))
-    neg: list[tuple[int, int, str]] = []
+    template: dict[tuple[str, int], list[int]] = defaultdict(list)
+    halves: list[tuple[int, int, str]] = []
+    n_groups = 0
+
+    def add(name: str, blob: bytes, g: int) -> int:
+        names.append(name)
+        data.append(blob)
+        group.append(g)
+        return len(names) - 1
+
+    for photo, path in enumerate(photos):
+        raw = path.read_bytes()
+        g = n_groups
+        n_groups += 1
+        first = add(path.name, raw, g)
+        rgb = ImageOps.exif_transpose(Image.open(io.BytesIO(raw))).convert("RGB")
+        for cls, copy, blob in hard_edits(rgb, photo, copies, seed) + easy_edits(rgb, seed + photo):
+            i = add(f"{path.name}:{cls}#{copy}", blob, g)
+            pos.append((first, i, cls))
+            if cls != "easy":
+                template[(cls, copy)].append(i)
+        w, h = rgb.size  # two non-overlapping halves: different pictures of one scene (their own groups)
+        for (a, b), label in (
+            (((0, 0, w * 48 // 100, h), (w * 52 // 100, 0, w, h)), "scene_left_right"),
+            (((0, 0, w, h * 48 // 100), (0, h * 52 // 100, w, h)), "scene_top_bottom"),
+        ):
+            ia = add(f"{path.name}:{label}:a", _jpeg(rgb.crop(a)), g)  # the photo's group: they share content
+            ib = add(f"{path.name}:{label}:b", _jpeg(rgb.crop(b)), g)  # with its edits (listed negatives only)
+            halves.append((ia, ib, label))
+    neg: list[tuple[int, int, str]] = list(halves)
     logos = [DATA / "odd" / f"jimagehash-transparent{n}.png" for n in (0, 1)]
     if all(p.exists() for p in logos):
         idx = []
         for p in logos:
-            idx.append(len(files))
-            files.append((p.name, p.read_bytes()))
-            pos.append((len(files) - 1, len(files), "alpha_on_white"))
-            files.append((f"{p.name}:on_white", _on_white(p.read_bytes())))
+            idx.append(add(p.name, p.read_bytes(), n_groups))
+            pos.append((idx[-1], add(f"{p.name}:on_white", _on_white(p.read_bytes()), n_groups), "alpha_on_white"))
+            n_groups += 1
         neg.append((idx[0], idx[1], "two_transparent_logos"))
-    names = {n: k for k, (n, _) in enumerate(files)}
-    left, right = names.get("skimage-motorcycle_left.png"), names.get("skimage-motorcycle_right.png")
+    index = {n: k for k, n in enumerate(names)}
+    left, right = index.get("skimage-motorcycle_left.png"), index.get("skimage-motorcycle_right.png")
     if left is not None and right is not None:
         neg.append((left, right, "stereo_pair"))
     rng = random.Random(seed)
+    same_template = [(a, b, "same_template") for files in template.values() for j, a in enumerate(files) for b in files[j + 1 :]]
+    neg += rng.sample(same_template, min(len(same_template), 3 * len(pos)))
+    groups = np.asarray(group)
     while len(neg) < negatives * len(pos):
-        a, b = rng.sample(range(len(groups)), 2)
-        neg.append((rng.choice(groups[a]), rng.choice(groups[b]), "random"))
-    return files, pos, neg
+        a, b = rng.sample(range(len(names)), 2)
+        if groups[a] != groups[b]:
+            neg.append((a, b, "random"))
+    return BenchSet(names, data, groups, pos, neg)
 
 
-def _scores(hashes: list[str | None], pairs: list[tuple[int, int, str]], windows: list[tuple[str, ...]] | None = None) -> np.ndarray:
-    """Distance per pair; 65 where either side has no hash (a blank image never matches). With
-    ``windows`` (the robust key's crop windows), the smallest of key-key and key-window distances,
-    both ways, as the dedup stage links rows."""
+# --- distances -------------------------------------------------------------------------------------
 
-    def distance(a: int, b: int) -> int:
-        if not (hashes[a] and hashes[b]):
-            return 65
-        d = hamming(hashes[a], hashes[b])
-        if windows is not None:
-            d = min([d, *(hamming(hashes[a], w) for w in windows[b]), *(hamming(hashes[b], w) for w in windows[a])])
-        return d
 
-    return np.array([distance(a, b) for a, b, _ in pairs])
+def _hex_to_u64(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 array and a mask of present values (None: no key)."""
+    ok = np.array([v is not None for v in values], bool)
+    out = np.zeros(len(values), np.uint64)
+    out[ok] = np.array([int(v, 16) for v in values if v is not None], np.uint64)
+    return out, ok
+
+
+@dataclass
+class KeyMethod:
+    """Keys (N,) and window keys (N, W) of one method; distance = the stage's link distance."""
+
+    keys: np.ndarray
+    ok: np.ndarray
+    windows: np.ndarray | None = None  # (N, W) uint64
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = np.bitwise_count(self.keys[a] ^ self.keys[b]).astype(np.int32)
+        if self.windows is not None and self.windows.shape[1]:
+            d = np.minimum(d, np.bitwise_count(self.keys[a, None] ^ self.windows[b]).min(axis=1))
+            d = np.minimum(d, np.bitwise_count(self.keys[b, None] ^ self.windows[a]).min(axis=1))
+        return np.where(self.ok[a] & self.ok[b], d, 999)
+
+    def all_distances(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), N): distance of each row in ``rows`` to every file."""
+        n = len(self.keys)
+        out = np.empty((len(rows), n), np.int32)
+        for r, i in enumerate(rows):
+            out[r] = self.pair_distance(np.full(n, i), np.arange(n))
+        return out
+
+
+@dataclass
+class PdqMethod:
+    dihedral: np.ndarray  # (N, 8, 4) uint64: the 8 dihedral hashes, 256 bits each
+    ok: np.ndarray
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        x = self.dihedral[a]  # (P, 8, 4)
+        y = self.dihedral[b, 0][:, None, :]  # (P, 1, 4)
+        d = np.bitwise_count(x ^ y).sum(axis=2).min(axis=1).astype(np.int32)
+        return np.where(self.ok[a] & self.ok[b], d, 999)
+
+
+def pdq_hashes(data: list[bytes]) -> PdqMethod:
+    import pdqhash
+
+    out = np.zeros((len(data), 8, 4), np.uint64)
+    ok = np.zeros(len(data), bool)
+    weights = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
+    for i, blob in enumerate(data):
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(blob)))
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        hashes, _quality = pdqhash.compute_dihedral(rgb)
+        bits = np.asarray(hashes, np.uint64).reshape(8, 4, 64)
+        out[i] = (bits * weights).sum(axis=2, dtype=np.uint64)
+        ok[i] = True
+    return PdqMethod(out, ok)
+
+
+def _exhaustive_false_links(method, group: np.ndarray, thresholds: list[int], chunk: int = 64) -> tuple[int, dict[int, int], dict[int, set]]:
+    """Pairs (i < j) of files of different groups, and how many are within each threshold."""
+    n = len(group)
+    counts = {t: 0 for t in thresholds}
+    examples: dict[int, set] = {t: set() for t in thresholds}
+    total = 0
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(n, start + chunk))
+        a = np.repeat(rows, n)
+        b = np.tile(np.arange(n), len(rows))
+        keep = (b > a) & (group[a] != group[b])
+        a, b = a[keep], b[keep]
+        d = method.pair_distance(a, b)
+        total += len(a)
+        for t in thresholds:
+            hit = d <= t
+            counts[t] += int(hit.sum())
+            examples[t] |= {(int(x), int(y)) for x, y in zip(a[hit][:5], b[hit][:5])}
+    return total, counts, examples
 
 
 def _cpu(fn) -> float:
@@ -202,50 +480,144 @@ def _cpu(fn) -> float:
     return best
 
 
-def configured_distance() -> int:
+def _pairs(pairs: list[tuple[int, int, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]), np.array([p[2] for p in pairs]))
+
+
+def _recall_precision(dp: np.ndarray, dn: np.ndarray, t: int) -> tuple[float, float, int]:
+    tp, fp = int((dp <= t).sum()), int((dn <= t).sum())
+    return tp / len(dp), (tp / (tp + fp) if tp + fp else 1.0), fp
+
+
+def _windows(results, width: int, keys: np.ndarray, pick) -> np.ndarray:
+    """(N, width) uint64 window keys chosen by ``pick(windows tuple)``, padded with the row's own key."""
+    out = np.repeat(keys[:, None], width, axis=1)
+    for i, r in enumerate(results):
+        chosen = pick(r.windows) if r.windows else ()
+        if chosen:
+            out[i, : len(chosen)] = [int(w, 16) for w in chosen]
+    return out
+
+
+N_CROP = len(WINDOW_SCALES) * len(WINDOW_PLACES)
+N_ASPECT = 2 * len(ASPECT_LENGTHS) * len(ASPECT_PLACES)
+
+
+def key_methods(results) -> dict[str, KeyMethod]:
+    """From keys_many(aspect_windows=True, trim_borders=True): windows = 20 crop, 36 aspect, then the
+    trimmed key when the image has bars; each variant of the stage takes its part."""
+    plain, plain_ok = _hex_to_u64([r.phash for r in results])
+    robust, robust_ok = _hex_to_u64([r.key for r in results])
+    trim = lambda w: tuple(w[N_CROP + N_ASPECT :])  # noqa: E731
+    return {
+        "phash": KeyMethod(plain, plain_ok),
+        "robust": KeyMethod(robust, robust_ok),
+        "crop": KeyMethod(robust, robust_ok, _windows(results, N_CROP, robust, lambda w: w[:N_CROP])),
+        "crop+trim": KeyMethod(robust, robust_ok, _windows(results, N_CROP + 1, robust, lambda w: w[:N_CROP] + trim(w))),
+        "crop+aspect": KeyMethod(robust, robust_ok, _windows(results, N_CROP + N_ASPECT, robust, lambda w: w[: N_CROP + N_ASPECT])),
+        "crop+aspect+trim": KeyMethod(robust, robust_ok, _windows(results, N_CROP + N_ASPECT + 1, robust, lambda w: w)),
+    }
+
+
+def configured() -> tuple[int, str]:
+    """(max_distance, the stage variant) of configs/sample.toml's [dedup.rules]."""
     with open(REPO / "configs" / "sample.toml", "rb") as fh:
-        return int(tomllib.load(fh)["dedup"]["rules"]["max_distance"])
+        rules = tomllib.load(fh)["dedup"]["rules"]
+    variant = "+".join(
+        ["crop"] + [name for name, key in (("aspect", "aspect_windows"), ("trim", "trim_borders")) if rules.get(key, False)]
+    )
+    return int(rules["max_distance"]), variant
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--distance", type=int, default=None, help="Hamming k (default: configs/sample.toml's)")
-    ap.add_argument("--negatives", type=int, default=5, help="random negative pairs per positive pair")
+    ap.add_argument("--copies", type=int, default=3, help="edited copies per hard edit class and photo")
+    ap.add_argument("--negatives", type=int, default=5, help="negative pairs per positive pair (at least)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep", action="store_true", help="also print recall/precision for k = 0..12")
+    ap.add_argument("--no-pdq", action="store_true", help="skip PDQ (pdqhash not installed)")
+    ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive negative pairs")
     args = ap.parse_args(argv)
-    k = configured_distance() if args.distance is None else args.distance
-    files, pos, neg = build_set(args.negatives, args.seed)
-    data = [d for _, d in files]
-    results = keys_many(data)
-    plain = [r.phash for r in results]
-    robust = [r.key for r in results]
-    windows = [r.windows for r in results]
-    blank = [files[i][0] for i, r in enumerate(results) if r.blank]
-    print(f"{len(files)} images ({len(pos)} positive pairs, {len(neg)} negative pairs); blank (no key): {blank or 'none'}")
-    keys = {"phash": (plain, None), "robust": (robust, None), "robust+windows": (robust, windows)}
-    dp = {name: _scores(h, pos, w) for name, (h, w) in keys.items()}
-    dn = {name: _scores(h, neg, w) for name, (h, w) in keys.items()}
-    ok = True
-    for name in keys:
-        for kk in (range(13) if args.sweep else [k]):
-            tp, fp = int((dp[name] <= kk).sum()), int((dn[name] <= kk).sum())
-            recall, precision = tp / len(pos), (tp / (tp + fp) if tp + fp else 1.0)
-            print(f"{name:14s} k={kk:2d}: recall {recall:.4f} ({tp}/{len(pos)})  precision {precision:.4f} ({fp} false matches)")
-            if name == "robust+windows" and kk == k:
-                ok = recall >= TARGET_RECALL and precision >= TARGET_PRECISION
-        per_edit = Counter(label for (_, _, label), d in zip(pos, dp[name]) if d > k)
-        print(f"{name:14s} k={k}: missed pairs by edit: {', '.join(f'{e} {n}' for e, n in sorted(per_edit.items())) or 'none'}")
-        false = sorted({label for (_, _, label), d in zip(neg, dn[name]) if d <= k})
-        print(f"{name:14s} k={k}: negatives matched: {', '.join(false) or 'none'}")
-    t_plain = _cpu(lambda: phash_many(data))
-    t_both = _cpu(lambda: keys_many(data))
-    ratio = t_both / t_plain
-    print(f"cost per image: phash {1000 * t_plain / len(data):.2f} ms, phash + robust key {1000 * t_both / len(data):.2f} ms "
-          f"-> {ratio:.2f}x (target <= {TARGET_COST})")
-    ok = ok and ratio <= TARGET_COST
-    print(f"targets (robust recall >= {TARGET_RECALL} at precision >= {TARGET_PRECISION}, cost <= {TARGET_COST}x): "
-          f"{'met' if ok else 'NOT met'}")
+    k_config, stage = configured()
+    k = k_config if args.distance is None else args.distance
+    started = time.perf_counter()
+    bench = build_set(args.copies, args.negatives, args.seed)
+    pa_, pb, plabel = _pairs(bench.pos)
+    na, nb, nlabel = _pairs(bench.neg)
+    kinds = {kind: int((nlabel == kind).sum()) for kind in dict.fromkeys(nlabel.tolist())}
+    print(f"{len(bench.data)} images from {len(set(bench.group.tolist()))} photos and logos; {len(bench.pos)} positive pairs, "
+          f"{len(bench.neg)} negative pairs ({', '.join(f'{v} {k_}' for k_, v in kinds.items())}); built in "
+          f"{time.perf_counter() - started:.0f} s")
+    results = keys_many(bench.data, aspect_windows=True, trim_borders=True)
+    print(f"bars found (trimmed key added) on {sum(len(r.windows) > N_CROP + N_ASPECT for r in results)} of {len(results)} images")
+    blank = [bench.names[i] for i, r in enumerate(results) if r.blank]
+    print(f"blank (no robust key): {blank or 'none'}")
+    methods: dict[str, object] = dict(key_methods(results))
+    thresholds: dict[str, int] = {name: k for name in methods}
+    print(f"the sample config's stage: robust key + windows '{stage}' at k = {k_config}")
+    if not args.no_pdq:
+        pdq = pdq_hashes(bench.data)
+        dp_pdq, dn_pdq = pdq.pair_distance(pa_, pb), pdq.pair_distance(na, nb)
+        best = max(
+            (t for t in range(0, 129) if _recall_precision(dp_pdq, dn_pdq, t)[1] >= TARGET_PRECISION),
+            key=lambda t: (_recall_precision(dp_pdq, dn_pdq, t)[0], -t),
+        )
+        for t in sorted({*PDQ_DISTANCES, best}):
+            methods[f"pdq@{t}"] = pdq
+            thresholds[f"pdq@{t}"] = t
+        print(f"pdq: best threshold with precision >= {TARGET_PRECISION} on the bench pairs: {best}")
+    dp = {name: m.pair_distance(pa_, pb) for name, m in methods.items()}
+    dn = {name: m.pair_distance(na, nb) for name, m in methods.items()}
+    print("\n| method | threshold | recall | precision | false matches (kinds) |\n|---|---|---|---|---|")
+    for name in methods:
+        t = thresholds[name]
+        recall, precision, fp = _recall_precision(dp[name], dn[name], t)
+        false = sorted({str(lbl) for lbl, d in zip(nlabel, dn[name]) if d <= t})
+        print(f"| {name} | {t} | {recall:.4f} | {precision:.4f} | {fp} ({', '.join(false) or '-'}) |")
+    if args.sweep:
+        for name in ("robust", stage):
+            for kk in range(13):
+                recall, precision, fp = _recall_precision(dp[name], dn[name], kk)
+                print(f"  {name:8s} k={kk:2d}: recall {recall:.4f}  precision {precision:.4f} ({fp} false)")
+    classes = list(dict.fromkeys(plabel.tolist()))
+    shown = [n for n in methods if n != "robust"]
+    print("\n| edit class | pairs | " + " | ".join(shown) + " |\n|---|---|" + "---|" * len(shown))
+    per_class_ok = True
+    for cls in classes:
+        sel = plabel == cls
+        cells = [f"{(dp[n][sel] <= thresholds[n]).mean():.3f}" for n in shown]
+        if cls in HARD_CLASSES and (dp[stage][sel] <= k).mean() < TARGET_CLASS_RECALL:
+            per_class_ok = False
+        print(f"| {cls} | {int(sel.sum())} | " + " | ".join(cells) + " |")
+    if not args.no_exhaustive:
+        print("\nexhaustive negatives (every pair of files of different photos):")
+        done = set()
+        for name, m in methods.items():
+            if id(m) in done and name.startswith("pdq"):
+                continue
+            done.add(id(m))
+            ts = [thresholds[n] for n in methods if methods[n] is m]
+            total, counts, examples = _exhaustive_false_links(m, bench.group, ts)
+            for t in ts:
+                rate = counts[t] / total
+                ex = ", ".join(f"{bench.names[a]} ~ {bench.names[b]}" for a, b in sorted(examples[t])[:3])
+                print(f"  {name.split('@')[0]} <= {t}: {counts[t]:,} false links in {total:,} pairs = {rate:.2e} per pair "
+                      f"-> ~{rate * 5e11:.2g} per 1M images (5e11 pairs){'; e.g. ' + ex if ex else ''}")
+    options = {"aspect_windows": "aspect" in stage, "trim_borders": "trim" in stage}
+    t_plain = _cpu(lambda: phash_many(bench.data))
+    t_crop = _cpu(lambda: keys_many(bench.data))
+    t_all = _cpu(lambda: keys_many(bench.data, aspect_windows=True, trim_borders=True))
+    t_stage = _cpu(lambda: keys_many(bench.data, **options)) if any(options.values()) else t_crop
+    ratio = t_stage / t_plain
+    per = lambda t: f"{1000 * t / len(bench.data):.2f} ms"  # noqa: E731
+    print(f"\ncost per image: phash {per(t_plain)}; keys_many: crop windows {per(t_crop)} ({t_crop / t_plain:.2f}x), "
+          f"crop + aspect + trim {per(t_all)} ({t_all / t_plain:.2f}x); the sample config's ({stage}): {ratio:.2f}x "
+          f"(target <= {TARGET_COST})")
+    recall, precision, _ = _recall_precision(dp[stage], dn[stage], k)
+    ok = recall >= TARGET_RECALL and precision >= TARGET_PRECISION and per_class_ok and ratio <= TARGET_COST
+    print(f"targets ({stage} at k = {k}: recall >= {TARGET_RECALL} at precision >= {TARGET_PRECISION}, every hard class >= "
+          f"{TARGET_CLASS_RECALL}, cost <= {TARGET_COST}x): {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 
 

@@ -74,7 +74,14 @@ def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[K
     out: list[KeyResult] = []
     for start in range(0, len(values), rules.hash_batch_rows):
         out.extend(
-            keys_many(values[start : start + rules.hash_batch_rows], PhashMode(rules.phash_mode), rules.blank_std, rules.blank_min_alpha)
+            keys_many(
+                values[start : start + rules.hash_batch_rows],
+                PhashMode(rules.phash_mode),
+                rules.blank_std,
+                rules.blank_min_alpha,
+                aspect_windows=rules.aspect_windows,
+                trim_borders=rules.trim_borders,
+            )
         )
     return out
 

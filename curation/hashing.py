@@ -20,8 +20,13 @@ decoding. Its hash may differ from exact by a few bits: bench/phash.py measures 
 (<= 2 bits on 99.2 % of 2,000 photo-like JPEGs).
 
 The **robust dedup key** (``keys_many``, issue 10; see the section at the end) comes from the same decode:
-EXIF-upright, alpha composited on white, invariant to the 8 rotations/flips, and None for blank images.
-``image_phash`` stays imagehash's.
+EXIF-upright, alpha composited on white, invariant to the 8 rotations/flips, and None for blank images;
+with it the keys of crop windows, optionally aspect windows and the key of the picture inside letterbox /
+pillarbox bars (issue 19). ``image_phash`` stays imagehash's.
+
+Every public entry point holds BLAS to one thread while it runs (``one_blas_thread``, threadpoolctl):
+the small matrix products gain nothing from BLAS threads, which fight over the cores when several
+processes hash at once.
 
 Both modes work on batches (``phash_many``): decoding is per image, the DCT, median and hex encoding
 are vectorised over the batch. Decoding bounds the speed of either mode: Pillow's full decode plus
@@ -31,13 +36,15 @@ are vectorised over the batch. Decoding bounds the speed of either mode: Pillow'
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -334,9 +341,41 @@ def _thumbnail(data: bytes | None, mode: PhashMode) -> np.ndarray:
         raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
 
 
+# --- one BLAS thread ----------------------------------------------------------------------------
+#
+# The resize and DCT are many small matrix products. Multi-threaded BLAS gains nothing on them and, with
+# several processes hashing at once (Spark's Python workers, any multi-process caller), its threads
+# fight over the cores: 4x slower than imagehash on real photos of many sizes with two processes on two
+# cores, against 1.3x faster with one BLAS thread (bench/phash.py --processes 2). Spark sets
+# OMP_NUM_THREADS=1 for its workers, library callers do not: so every public entry point holds BLAS to
+# one thread itself (threadpoolctl; the caller's setting is restored on return).
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController  # numpy's BLAS is loaded by now (imported above)
+
+    return ThreadpoolController()
+
+
+def one_blas_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with BLAS held to one thread (~55 us per call with the cached controller)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # --- public entry points -----------------------------------------------------------------------
 
 
+@one_blas_thread
 def phash_many(items: Iterable[bytes | None], mode: PhashMode | str = PhashMode.EXACT) -> list[HashResult]:
     """Hash a batch of encoded images; an undecodable one gives ``HashResult(None, error)``."""
     mode = PhashMode(mode)
@@ -360,6 +399,7 @@ def phash(data: bytes, mode: PhashMode | str = PhashMode.EXACT) -> str:
     return result.phash
 
 
+@one_blas_thread
 def phash_image(image: Image.Image) -> str:
     """Exact pHash of an already opened Pillow image (``str(imagehash.phash(image))``)."""
     return hashes_from_pixels(thumbnail_exact(image)[None])[0]
@@ -498,13 +538,94 @@ def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
 _WINDOWS = _window_matrices()
 
 
-def window_keys_from_pixels(pixels: np.ndarray) -> list[tuple[str, ...]]:
-    """Per image of a (N, 32, 32) batch, the keys of its len(WINDOW_SCALES) * 5 crop windows."""
+# Aspect windows (issue 19, ``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
+# the other, at its start, centre or end: a copy cut by a strip on one side, or cropped to another aspect
+# ratio and resized, is the original's matching aspect window. 2 axes x 6 lengths x 3 places = 36 more
+# window keys, closed under the 8 rotations/flips like the crop windows.
+ASPECT_LENGTHS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
+ASPECT_PLACES = ("start", "centre", "end")
+
+
+def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
+    whole = _DCT_LOW @ _window_axis(0.0, float(IMG_SIZE))
+    out = []
+    for axis in ("rows", "cols"):
+        for scale in ASPECT_LENGTHS:
+            length = IMG_SIZE * scale
+            for place in ASPECT_PLACES:
+                start = {"start": 0.0, "centre": (IMG_SIZE - length) / 2, "end": IMG_SIZE - length}[place]
+                part = _DCT_LOW @ _window_axis(start, length)
+                out.append((part, whole) if axis == "rows" else (whole, part))
+    return out
+
+
+_ASPECT_WINDOWS = _aspect_matrices()
+
+
+def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tuple[str, ...]]:
+    """Per image of a (N, 32, 32) batch, the keys of its len(WINDOW_SCALES) * 5 crop windows (and, with
+    ``aspect``, then those of its 36 aspect windows)."""
     if pixels.shape[0] == 0:
         return []
     p = pixels.astype(np.float64)
-    per_window = [_block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS]
+    per_window = [_block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
     return [tuple(keys) for keys in zip(*per_window)]
+
+
+# Border trimming (issue 19, ``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
+# colour, or the picture itself enlarged and blurred) are found on a ~TRIM_SCAN_PX copy of the grayscale
+# image: a run of edge rows (columns) that are flat (std under TRIM_FLAT_STD) or nearly detail-free
+# (mean absolute gradient under TRIM_SMOOTH of the picture's median row), on *both* sides of an axis, of
+# similar depth (within TRIM_SYMMETRY of the side), each at least TRIM_MIN of it, leaving at least
+# TRIM_MAX_CUT of the picture. The key of the picture inside them is added to the row's window keys (the
+# row's own key is unchanged), so a barred copy links to the original's key.
+TRIM_SCAN_PX = 128
+TRIM_FLAT_STD = 4.0
+TRIM_SMOOTH = 0.12
+TRIM_SYMMETRY = 0.04
+TRIM_MIN = 0.03
+TRIM_MAX_CUT = 0.6  # bars may take at most this fraction of a side
+
+
+def _bar_runs(flat: np.ndarray) -> tuple[int, int]:
+    """Lengths of the leading and trailing runs of True."""
+    n = len(flat)
+    lead = n if flat.all() else int(np.argmin(flat))
+    trail = n if flat.all() else int(np.argmin(flat[::-1]))
+    return lead, trail
+
+
+def _axis_bars(g: np.ndarray) -> tuple[int, int] | None:
+    """(first, end) of the picture between bars along axis 0 of a small float grayscale, or None."""
+    n = g.shape[0]
+    std = g.std(axis=1)
+    detail = np.abs(np.diff(g, axis=1)).mean(axis=1)
+    middle = detail[n // 4 : n - n // 4]
+    reference = float(np.median(middle)) if len(middle) else 0.0
+    if reference <= 0:
+        return None
+    bar = (std < TRIM_FLAT_STD) | (detail < TRIM_SMOOTH * reference)
+    lead, trail = _bar_runs(bar)
+    if min(lead, trail) < max(1, TRIM_MIN * n) or lead + trail > TRIM_MAX_CUT * n:
+        return None
+    if abs(lead - trail) > TRIM_SYMMETRY * n + 1:
+        return None
+    return lead + 1, n - trail - 1  # one more row each side: the seam (JPEG ringing, resampling)
+
+
+def trimmed_thumbnail(gray: np.ndarray) -> np.ndarray | None:
+    """The 32x32 thumbnail of the picture inside letterbox / pillarbox bars, or None without bars."""
+    h, w = gray.shape
+    step = max(1, min(h, w) // TRIM_SCAN_PX)
+    small = gray[::step, ::step].astype(np.float64)
+    rows, cols = _axis_bars(small), _axis_bars(small.T)
+    if rows is None and cols is None:
+        return None
+    r0, r1 = (rows[0] * step, min(h, rows[1] * step)) if rows else (0, h)
+    c0, c1 = (cols[0] * step, min(w, cols[1] * step)) if cols else (0, w)
+    if r1 - r0 < 8 or c1 - c0 < 8:
+        return None
+    return resize_gray_32(np.ascontiguousarray(gray[r0:r1, c0:c1]))
 
 
 def _has_alpha(image: Image.Image) -> bool:
@@ -545,15 +666,20 @@ def blank_reason(thumb: np.ndarray, visible: float, blank_std: float, blank_min_
     return None
 
 
+@one_blas_thread
 def keys_many(
     items: Iterable[bytes | None],
     mode: PhashMode | str = PhashMode.EXACT,
     blank_std: float = 3.0,
     blank_min_alpha: float = 0.05,
+    aspect_windows: bool = False,
+    trim_borders: bool = False,
 ) -> list[KeyResult]:
-    """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each."""
+    """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each; the
+    window keys are the crop windows' (and the aspect windows' with ``aspect_windows``; and, with
+    ``trim_borders``, the key of the picture inside letterbox / pillarbox bars when it has some)."""
     mode = PhashMode(mode)
-    thumbs, key_thumbs, blanks = [], [], []
+    thumbs, key_thumbs, blanks, trimmed = [], [], [], []
     results: list[KeyResult | None] = []
     for data in items:
         try:
@@ -561,8 +687,20 @@ def keys_many(
                 raise UndecodableImage("no image bytes")
             image = open_image(data)
             try:
-                thumb = thumbnail_fast(image) if mode == PhashMode.FAST else thumbnail_exact(image)
+                trim = None
+                if mode == PhashMode.FAST:
+                    thumb = thumbnail_fast(image)
+                    if trim_borders and not _has_alpha(image):
+                        trim = trimmed_thumbnail(np.asarray(image.convert("L")))
+                else:
+                    gray = np.asarray(image.convert("L"))
+                    thumb = resize_gray_32(gray)
+                    if trim_borders and not _has_alpha(image):
+                        trim = trimmed_thumbnail(gray)
                 kthumb, visible = key_thumbnail(image, thumb)
+                if trim is not None:
+                    upright = _UPRIGHT.get(_orientation(image))  # (the key is dihedral-invariant: for symmetry only)
+                    trim = np.ascontiguousarray(upright(trim)) if upright else trim
             except DECODE_ERRORS as e:
                 raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
         except UndecodableImage as e:
@@ -571,18 +709,23 @@ def keys_many(
         thumbs.append(thumb)
         key_thumbs.append(kthumb)
         blanks.append(blank_reason(kthumb, visible, blank_std, blank_min_alpha))
+        trimmed.append(trim)
         results.append(None)
     empty = np.zeros((0, IMG_SIZE, IMG_SIZE), np.uint8)
     hashes = iter(hashes_from_pixels(np.stack(thumbs) if thumbs else empty))
     stacked = np.stack(key_thumbs) if key_thumbs else empty
-    keys, windows = iter(robust_keys_from_pixels(stacked)), iter(window_keys_from_pixels(stacked))
-    blank = iter(blanks)
+    keys, windows = iter(robust_keys_from_pixels(stacked)), iter(window_keys_from_pixels(stacked, aspect_windows))
+    with_bars = [t for t in trimmed if t is not None]
+    trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
+    blank, trims = iter(blanks), iter(trimmed)
     out = []
     for r in results:
         if r is not None:
             out.append(r)
             continue
-        h, k, w, b = next(hashes), next(keys), next(windows), next(blank)
+        h, k, w, b, t = next(hashes), next(keys), next(windows), next(blank), next(trims)
+        if t is not None:
+            w = (*w, next(trim_keys))
         out.append(KeyResult(h, None, b) if b else KeyResult(h, k, None, windows=w))
     return out
 

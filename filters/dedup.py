@@ -35,9 +35,13 @@ the stage rejects them as ``blank_image`` before any of these steps, or with ``r
 them out of every step (``blank`` column), so they are never grouped with each other.
 
 **Crop windows** (``crop_windows``, robust key only): each row also carries the keys of twenty crop
-windows of its image (curation.hashing.WINDOW_SCALES). The near-duplicate step then links two rows
+windows of its image (curation.hashing.WINDOW_SCALES); with ``aspect_windows`` also 36 windows that
+keep one axis whole (one-side strip crops, crops to another aspect ratio), and with ``trim_borders`` the
+key of the picture inside letterbox / pillarbox bars when it has some (curation.hashing.trimmed_thumbnail). The near-duplicate step then links two rows
 when one's key is within k of the other's key *or of one of its window keys* (a cropped copy's key is
-close to the original's matching window); window keys are never compared with each other.
+close to the original's matching window); window keys are never compared with each other. A
+near_duplicate row's detail names the kept uid, then the row's closest link: which key, whether through
+a window, the distance and the other key (``KEPT robust-window distance=3 to 0f3c...``).
 """
 
 from __future__ import annotations
@@ -110,6 +114,18 @@ PAIRS = Table(
     (Column("a", "int64", False), Column("b", "int64", False), Column("distance", "int32", False)),
 )
 PAIRS_SCHEMA = PAIRS.arrow_schema()
+LINKS = PAIRS.extend("dedup_links", Column("window", "bool", False, "the link is a key within distance of a crop window key"))
+LINKS_SCHEMA = LINKS.arrow_schema()
+NODE_LINKS = Table(
+    "dedup_node_links",
+    (
+        Column("node", "int64", False, "a dedup key"),
+        Column("other", "int64", False, "the key it is closest linked to"),
+        Column("distance", "int32", False),
+        Column("window", "bool", False),
+    ),
+)
+NODE_LINKS_SCHEMA = NODE_LINKS.arrow_schema()
 BLOCKLIST = Table("dedup_blocklist", (Column("hash", "int64", False), Column("set_name", "string", False)))
 MATCHES = Table("dedup_matches", (Column("phash", "int64", False), Column("detail", "string", False)))
 
@@ -134,6 +150,8 @@ class DedupRules:
     blank_std: float = 3.0  # blank: std of the alpha-composited 32x32 grayscale below this (0..255 scale)
     blank_min_alpha: float = 0.05  # blank: fewer than this fraction of the pixels visible (alpha > 0)
     crop_windows: bool = True  # robust key: near duplicates also match crop windows (see module doc)
+    aspect_windows: bool = False  # with crop_windows: also the 36 aspect windows (one-side strips, other aspect ratios)
+    trim_borders: bool = False  # with crop_windows: also the key of the picture inside letterbox / pillarbox bars
 
     def __post_init__(self) -> None:
         if self.key not in DEDUP_KEYS:
@@ -335,24 +353,81 @@ def uses_windows(rules: DedupRules) -> bool:
 
 
 def window_pairs(keys: np.ndarray, windows: list[list[int] | None], max_distance: int, bands: int = 0) -> pa.Table:
-    """PAIRS (a < b, both row keys; distance = the closest link) of rows whose keys are within
+    """LINKS (a < b, both row keys; distance and window = the closest link) of rows whose keys are within
     max_distance, or where one row's key is within max_distance of a window key of the other row
-    (``windows[i]`` belongs to ``keys[i]``)."""
+    (``windows[i]`` belongs to ``keys[i]``); ``window`` says the closest link is a key-window one."""
     owner: dict[int, set[int]] = {}
     for key, wins in zip(np.asarray(keys, np.int64).tolist(), windows):
         for w in [key, *(wins or [])]:
             owner.setdefault(w, set()).add(key)
     cross = blocklist_pairs(np.asarray(keys, np.int64), np.array(list(owner), np.int64), max_distance, bands)
-    edges: dict[tuple[int, int], int] = {}  # (a, b) -> the smallest distance that links them
+    edges: dict[tuple[int, int], tuple[int, bool]] = {}  # (a, b) -> the closest (distance, window) linking them
     for a, b, d in zip(*(cross.column(c).to_pylist() for c in ("a", "b", "distance"))):
         for o in owner[b] - {a}:
             edge = (min(a, o), max(a, o))
-            edges[edge] = min(d, edges.get(edge, d))
+            link = (d, b != o)  # b is o's own key, or one of its windows
+            edges[edge] = min(link, edges.get(edge, link))
     ordered = sorted(edges)
     return pa.table(
-        {"a": [a for a, _ in ordered], "b": [b for _, b in ordered], "distance": [edges[e] for e in ordered]},
-        schema=PAIRS_SCHEMA,
+        {
+            "a": [a for a, _ in ordered],
+            "b": [b for _, b in ordered],
+            "distance": [edges[e][0] for e in ordered],
+            "window": [edges[e][1] for e in ordered],
+        },
+        schema=LINKS_SCHEMA,
     )
+
+
+def as_links(pairs: pa.Table) -> pa.Table:
+    """LINKS rows of key-key PAIRS (window false)."""
+    return pairs.append_column("window", pa.array(np.zeros(pairs.num_rows, bool))).cast(LINKS_SCHEMA)
+
+
+def closest_links(links: pa.Table) -> pa.Table:
+    """NODE_LINKS: for each key of a link, its closest link (smallest distance, then key-key before
+    key-window, then the smallest other key): what the near_duplicate detail reports."""
+    both = pa.concat_tables(
+        [
+            links.select(["a", "b", "distance", "window"]).rename_columns(["node", "other", "distance", "window"]),
+            links.select(["b", "a", "distance", "window"]).rename_columns(["node", "other", "distance", "window"]),
+        ]
+    )
+    best = both.sort_by([("node", "ascending"), ("distance", "ascending"), ("window", "ascending"), ("other", "ascending")])
+    node = best.column("node").to_numpy()
+    first = np.concatenate([[True], node[1:] != node[:-1]]) if len(node) else np.zeros(0, bool)
+    return best.filter(pa.array(first)).cast(NODE_LINKS_SCHEMA)
+
+
+def with_links(keys: pa.Table, node_links: pa.Table) -> pa.Table:
+    """``keys`` with the closest link of each row's key (NODE_LINKS: other, distance, window; null when none)."""
+    at = pc.index_in(keys.column("phash"), value_set=node_links.column("node"))
+    for c in ("other", "distance", "window"):
+        keys = keys.append_column(c, pc.take(node_links.column(c), at))
+    return keys
+
+
+def link_detail(kept_uid: str, key: str, distance: int, window: bool, other: int) -> str:
+    """near_duplicate detail: the kept uid, then which key and distance linked the row, and to which
+    key (e.g. ``u42 robust-window distance=3 to 0f3c...``: the row's robust key is 3 bits from a crop
+    window key of the row whose key is 0f3c..., or the other way round)."""
+    return f"{kept_uid} {key}{'-window' if window else ''} distance={distance} to {int64_to_phash(np.array([other]))[0]}"
+
+
+def collapse_components(grouped: pa.Table, key: str) -> pa.Table:
+    """KEYS_DECIDED rows dropped by the near-duplicate step, from KEYS rows with ``component`` and their closest link
+    (NODE_LINKS columns ``distance``, ``window``, ``other``, null for a row that has no link): one row
+    kept per component, the others near_duplicate with :func:`link_detail`."""
+    plain = grouped.drop_columns([c for c in ("distance", "window", "other") if c in grouped.column_names])
+    _, dropped = collapse_groups(plain, ["component"], Reason.NEAR_DUPLICATE)
+    if dropped.num_rows == 0:
+        return dropped
+    links = {h: (d, w, o) for h, d, w, o in zip(*(grouped.column(c).to_pylist() for c in ("phash", "distance", "window", "other")))}
+    details = [
+        link_detail(kept, key, *links[h]) if links.get(h, (None,))[0] is not None else kept
+        for kept, h in zip(dropped.column("detail").to_pylist(), dropped.column("phash").to_pylist())
+    ]
+    return dropped.set_column(dropped.column_names.index("detail"), "detail", pa.array(details, pa.string()))
 
 
 def components(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
@@ -483,11 +558,12 @@ def decide(keys: pa.Table, rules: DedupRules, blocklist: pa.Table | None = None)
     if rules.max_distance > 0 and keys.num_rows:
         hashes = keys.column("phash").to_numpy()
         if uses_windows(rules):
-            pairs = window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
+            links = window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
         else:
-            pairs = near_pairs(hashes, rules.max_distance, rules.bands)
-        label = components(pairs.column("a").to_numpy(), pairs.column("b").to_numpy())
+            links = as_links(near_pairs(hashes, rules.max_distance, rules.bands))
+        label = components(links.column("a").to_numpy(), links.column("b").to_numpy())
         labels = [label.get(h, h) for h in keys.column("phash").to_pylist()]
         grouped = keys.append_column("component", pa.array(labels, pa.int64()))
-        dropped.append(collapse_groups(grouped, ["component"], Reason.NEAR_DUPLICATE)[1])
+        grouped = with_links(grouped, closest_links(links))
+        dropped.append(collapse_components(grouped, rules.key))
     return as_decisions(pa.concat_tables(dropped)).sort_by([("shard", "ascending"), ("row", "ascending")])

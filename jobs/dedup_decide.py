@@ -10,7 +10,8 @@ lands whole in one task, where filters.dedup's pure functions decide; plus conne
   in Spark (Kiveris et al., "Connected Components in MapReduce and Beyond", 2014): O(log^2 n) rounds of
   joins and group-bys, each edge set checkpointed, so the corpus never has to fit in the driver. Both
   label every node with the smallest hash of its component: the same result;
-- one row kept per component: rows shuffled by component, collapsed per task (``collapse_groups``).
+- one row kept per component: rows shuffled by component, collapsed per task (``collapse_components``;
+  the detail of a dropped row names its closest link, ``closest_links``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from filters.dedup import (
     as_decisions,
     candidate_pairs,
     closest_matches,
+    collapse_components,
     collapse_exact,
-    collapse_groups,
     components,
     explode_bands,
     plan_bands,
@@ -87,10 +88,24 @@ def window_pairs(keys: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
         keys.select(F.explode("windows").alias("b"), F.col("phash").alias("owner"))
     )
     pairs, info = banded_pairs(keys.select(F.col("phash").alias("hash")), owners.select(F.col("b").alias("hash")), rules)
-    linked = pairs.join(owners, "b").select("a", F.col("owner").alias("b"))
-    edges = _edges(linked, "a", "b").select(F.col("u").alias("a"), F.col("v").alias("b")).localCheckpoint()
+    linked = pairs.join(owners, "b").where(F.col("a") != F.col("owner")).select(
+        F.least("a", "owner").alias("a"),
+        F.greatest("a", "owner").alias("b"),
+        F.struct("distance", (F.col("b") != F.col("owner")).alias("window")).alias("link"),  # b: owner's key or window
+    )
+    edges = linked.groupBy("a", "b").agg(F.min("link").alias("link"))
+    edges = edges.select("a", "b", "link.distance", "link.window").localCheckpoint()
     info["pairs"] = edges.count()
     return edges, info
+
+
+def closest_links(links: DataFrame) -> DataFrame:
+    """filters.dedup.closest_links in Spark: (node, other, distance, window) per key of a link."""
+    both = links.select(F.col("a").alias("node"), F.col("b").alias("other"), "distance", "window").unionByName(
+        links.select(F.col("b").alias("node"), F.col("a").alias("other"), "distance", "window")
+    )
+    best = both.groupBy("node").agg(F.min(F.struct("distance", "window", "other")).alias("best"))
+    return best.select("node", "best.other", "best.distance", "best.window")
 
 
 def _edges(df: DataFrame, p: str, q: str) -> DataFrame:
@@ -163,10 +178,10 @@ def _collapse_exact_partition(batches, rules: DedupRules):
         yield from pa.concat_tables([with_decision(kept, None), dropped]).to_batches()
 
 
-def _collapse_component_partition(batches):
+def _collapse_component_partition(batches, key: str):
     table = whole_partition(batches)
     if table is not None:
-        yield from as_decisions(collapse_groups(table, ["component"], Reason.NEAR_DUPLICATE)[1]).to_batches()
+        yield from as_decisions(collapse_components(table, key)).to_batches()
 
 
 def _as_decisions(df: DataFrame, reason: Reason | None = None) -> DataFrame:
@@ -200,6 +215,7 @@ def decide(keys: DataFrame, rules: DedupRules, blocklist: DataFrame | None) -> t
             pairs, info["near_join"] = window_pairs(keys, rules)
         else:
             pairs, info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, rules)
+            pairs = pairs.withColumn("window", F.lit(False))
         if info["near_join"]["pairs"] <= DRIVER_EDGES_LIMIT:
             labels, info["components_on"] = components_on_driver(pairs), "driver"
         else:
@@ -207,8 +223,12 @@ def decide(keys: DataFrame, rules: DedupRules, blocklist: DataFrame | None) -> t
         log.info("dedup: near-duplicate components labelled on the %s", info["components_on"])
         # a row whose hash has no pair is alone in its component: only the others are collapsed
         grouped = keys.join(labels, keys.phash == labels.node).select(*KEYS.names, F.col("label").alias("component"))
+        links = closest_links(pairs)  # the detail of a dropped row names its closest link
+        grouped = grouped.join(links, grouped.phash == links.node, "left").drop("node")
         decided.append(
-            grouped.repartition("component").mapInArrow(_collapse_component_partition, DECISIONS.spark_schema())
+            grouped.repartition("component").mapInArrow(
+                partial(_collapse_component_partition, key=rules.key), DECISIONS.spark_schema()
+            )
         )
     if not decided:
         return keys.sparkSession.createDataFrame([], DECISIONS.spark_schema()), info

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import curation.hashing as hashing_module
 from curation.hashing import (
+    ASPECT_LENGTHS,
+    ASPECT_PLACES,
     WINDOW_PLACES,
     WINDOW_SCALES,
     HashResult,
@@ -28,6 +31,7 @@ from curation.hashing import (
     resize_gray_32,
     robust_key,
     robust_keys_from_pixels,
+    trimmed_thumbnail,
     window_keys_from_pixels,
 )
 from tests.conftest import shared
@@ -299,3 +303,91 @@ def test_window_keys_are_the_same_set_for_every_orientation():
 def test_blank_images_have_no_window_keys():
     white = _encode(Image.new("RGB", (200, 200), "white"), "PNG")
     assert keys_many([white])[0].windows == ()
+
+
+# --- issue 19: aspect windows, border trimming, one BLAS thread ------------------------------------
+
+N_CROP = len(WINDOW_SCALES) * len(WINDOW_PLACES)
+N_ASPECT = 2 * len(ASPECT_LENGTHS) * len(ASPECT_PLACES)
+ISSUE19_PHOTOS = ["coco-val2017-000000397133.jpg", "skimage-coffee.png", "skimage-chelsea.png", "skimage-astronaut.png"]
+
+
+def _strip(image: Image.Image, side: str, frac: float) -> Image.Image:
+    w, h = image.size
+    return image.crop({"top": (0, round(h * frac), w, h), "bottom": (0, 0, w, h - round(h * frac)),
+                       "left": (round(w * frac), 0, w, h), "right": (0, 0, w - round(w * frac), h)}[side])
+
+
+def _bars(image: Image.Image, frac: float, fill) -> Image.Image:
+    w, h = image.size
+    canvas = Image.new("RGB", (w, round(h / (1 - frac))), fill)
+    canvas.paste(image, (0, (canvas.size[1] - h) // 2))
+    return canvas
+
+
+def test_aspect_windows_catch_one_side_strip_crops_and_are_off_by_default():
+    hits = total = 0
+    for name in ISSUE19_PHOTOS:
+        image = _small_photo(name, 320)
+        copies = [_encode(_strip(image, side, frac), "JPEG", quality=90) for side in ("top", "left", "bottom") for frac in (0.08, 0.15)]
+        original, *crops = keys_many([_encode(image, "JPEG", quality=90), *copies], aspect_windows=True)
+        assert len(original.windows) == N_CROP + N_ASPECT
+        hits += sum(min(hamming(c.key, w) for w in original.windows) <= ROBUST_K for c in crops)
+        total += len(crops)
+    assert hits >= 0.8 * total, (hits, total)
+    assert len(keys_many([_encode(_small_photo(ISSUE19_PHOTOS[0], 320), "JPEG")])[0].windows) == N_CROP  # default: crop windows only
+
+
+def test_trimmed_key_of_a_letterboxed_copy_is_the_original_key():
+    for name in ISSUE19_PHOTOS:
+        image = _small_photo(name, 320)
+        for fill in ("black", "white"):
+            boxed = _encode(_bars(image, 0.3, fill), "JPEG", quality=90)
+            original, copy = keys_many([_encode(image, "JPEG", quality=90), boxed], trim_borders=True)
+            assert len(original.windows) == N_CROP  # no bars: no trimmed key
+            assert len(copy.windows) == N_CROP + 1, (name, fill)
+            assert hamming(copy.windows[-1], original.key) <= ROBUST_K, (name, fill)
+            assert hamming(copy.key, original.key) > ROBUST_K or name == "skimage-coffee.png"  # the full key alone misses
+
+
+def test_no_bars_found_on_the_real_photos():
+    for path in sorted(shared("images", "photos").iterdir()):
+        gray = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("L"))
+        assert trimmed_thumbnail(gray) is None, path.name
+
+
+def test_hashing_holds_blas_to_one_thread_and_restores_the_callers_setting():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def numpy_blas() -> list[int]:  # the BLAS numpy's matrix products use (scipy may load its own)
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    seen: list[int] = []
+    with threadpool_limits(2, "blas"):
+        before = numpy_blas()
+        original = hashing_module.resize_gray_32
+
+        def spy(gray):
+            seen.extend(numpy_blas())
+            return original(gray)
+
+        hashing_module.resize_gray_32 = spy
+        try:
+            keys_many([_encode(_small_photo(ISSUE19_PHOTOS[0], 64), "PNG")])
+        finally:
+            hashing_module.resize_gray_32 = original
+        after = numpy_blas()
+    assert seen and set(seen) == {1}
+    assert after == before
+
+
+def test_the_dedup_rules_choose_the_windows_the_stage_hashes():
+    import pyarrow as pa
+
+    from curation.dedup import hash_images
+    from filters.dedup import DedupRules
+
+    boxed = _encode(_bars(_small_photo(ISSUE19_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)
+    column = pa.array([boxed], pa.binary())
+    assert len(hash_images(column, DedupRules())[0].windows) == N_CROP
+    assert len(hash_images(column, DedupRules(aspect_windows=True, trim_borders=True))[0].windows) == N_CROP + N_ASPECT + 1

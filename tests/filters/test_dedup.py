@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -202,9 +203,11 @@ def test_transformed_copies_are_near_duplicates_and_unrelated_photos_are_not():
     assert set(rejected) == copies  # every copy found, no original and no unrelated photo touched
     for uid, r in rejected.items():
         assert r["reason"] in ("near_duplicate", "duplicate_phash")
-        kept = r["detail"]  # the row kept at that step; a later step may remove it in turn
+        kept = r["detail"].split()[0]  # the row kept at that step; a later step may remove it in turn
         while kept in rejected:
-            kept = rejected[kept]["detail"]
+            kept = rejected[kept]["detail"].split()[0]
+        if r["reason"] == "near_duplicate":  # then which key, how far, to which other key
+            assert re.fullmatch(r"\S+ phash distance=[1-4] to [0-9a-f]{16}", r["detail"]), r["detail"]
         assert kept == "o-" + uid.split("-", 2)[2]  # in the end the original (the largest image) stays
     assert "near_duplicate" in {r["reason"] for r in rejected.values()}
 
@@ -265,7 +268,7 @@ def test_robust_key_groups_what_phash_does_not_and_blank_rows_never_take_part():
     ]
     rules = DedupRules(max_distance=NEAR_K, key="robust")
     got = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), rules).to_pylist()}
-    assert got == {"mirror-of-a": ("duplicate_phash", "a"), "near-a": ("near_duplicate", "a")}
+    assert got == {"mirror-of-a": ("duplicate_phash", "a"), "near-a": ("near_duplicate", "a robust distance=2 to 0000000000000007")}
     on_phash = {r["uid"] for r in decide(_keys(rows), DedupRules(max_distance=NEAR_K)).to_pylist()}
     assert on_phash == set()  # plain pHash: nothing in common, and the blank pair is left alone
     with pytest.raises(ValueError, match="robust"):
@@ -297,8 +300,9 @@ def test_crop_windows_link_a_key_to_another_row_s_window_but_never_two_windows()
     ]
     rules = DedupRules(max_distance=NEAR_K, key="robust")
     got = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), rules).to_pylist()}
-    assert got == {"crop": ("near_duplicate", "original")}
+    # the detail says how the row was linked: its key is 2 bits from a window of the key 0000000000000000
+    assert got == {"crop": ("near_duplicate", "original robust-window distance=2 to 0000000000000000")}
     plain = DedupRules(max_distance=NEAR_K, key="robust", crop_windows=False)
     assert decide(_keys(rows), plain).to_pylist() == []
     pairs = window_pairs(np.array([0, far ^ 0b11, -1]), [r["windows"] for r in rows], NEAR_K)
-    assert pairs.to_pylist() == [{"a": 0, "b": far ^ 0b11, "distance": 2}]
+    assert pairs.to_pylist() == [{"a": 0, "b": far ^ 0b11, "distance": 2, "window": True}]
