@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 
 from curation import storage
 from curation.config import Config
-from curation.download import STAGE, WorkItem, download_task, pending_transient, plan_work, run_local
+from curation.download import STAGE, WorkItem, by_lane, download_task, pending_transient, plan_work, run_local
 from curation.filter_text import input_files
 from curation.stage import SUCCESS, StageDir
 from curation.stage import shard_stats_batch
@@ -20,16 +20,22 @@ from schemas import SHARD_STATS
 
 log = logging.getLogger(__name__)
 
-WORK_SCHEMA = "uri string, start long, stop long, shard string"
+WORK_SCHEMA = "uri string, start long, stop long, shard string, lane long, rows array<long>"
 
 
 def _download_partition(batches, stage: StageDir, opts):
     for batch in batches:
-        yield shard_stats_batch([download_task(WorkItem(**row), stage, opts) for row in batch.to_pylist()])
+        items = [WorkItem(**{**row, "rows": tuple(row["rows"])}) for row in batch.to_pylist()]
+        yield shard_stats_batch([download_task(item, stage, opts) for item in items])
 
 
 def _run_spark(spark: SparkSession, stage: StageDir, items: list[WorkItem], opts) -> int:
-    df = spark.createDataFrame([dataclasses.astuple(i) for i in items], WORK_SCHEMA).repartition(min(len(items), 10_000))
+    # a lane's items go to one partition (run one after another): a host's lanes bound the tasks reaching it
+    lanes = {lane[0].lane: k for k, lane in enumerate(by_lane(items))}
+    n = min(len(lanes), 10_000)
+    keyed = [(lanes[i.lane] % n, dataclasses.astuple(i)) for i in items]
+    rdd = spark.sparkContext.parallelize(keyed, n).partitionBy(n, lambda key: key).values()
+    df = spark.createDataFrame(rdd, WORK_SCHEMA)
     done = df.mapInArrow(partial(_download_partition, stage=stage, opts=opts), SHARD_STATS.spark_schema()).collect()
     return sum(not r.skipped for r in done)
 
@@ -47,7 +53,7 @@ def run(spark: SparkSession | None, source: str, output: str, config: Config, ov
     stage.prepare(overwrite=overwrite)
     stage.pin_inputs(files)
     storage.delete(stage.path(SUCCESS), stage.storage)  # shards may change from here on
-    items = plan_work(files, opts.rows_per_shard, stage.storage)
+    items = plan_work(files, opts.rows_per_shard, stage.storage, opts.politeness)
     log.info("download: %d input files, %d shards (%s engine) -> %s", len(files), len(items), opts.engine, output)
 
     if items and opts.engine == "local":
