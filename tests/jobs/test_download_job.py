@@ -199,7 +199,7 @@ def test_s3_output_through_a_moto_server(image_server, tmp_path, s3_server, s3_b
     stats = job.run(None, source, f"s3://{bucket}/runs/download", Config(storage=s3_server, download=opts))
     assert stats["rows_out"] == 1 and stats["transient"] == 1
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/download/")["Contents"]}
-    assert {"runs/download/_SUCCESS", "runs/download/data/part-00000-00000-0000.parquet"}  # file 0, lane 0, shard 0 <= keys
+    assert {"runs/download/_SUCCESS", "runs/download/data/part-00000-00000-0000.parquet"} <= keys  # file 0, lane 0, shard 0
     again = job.run(None, source, f"s3://{bucket}/runs/download", Config(storage=s3_server, download=opts))
     assert again["transient"] == 1 and image_server.hits("/status/503") == before + 2  # retried through S3 too
 
