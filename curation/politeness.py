@@ -40,17 +40,17 @@ class PolitenessOptions:
     max_connections_per_host: int = 8  # concurrent fetches per host in one task (0 = no limit)
     min_interval_per_host_s: float = 0.0  # between two request starts to one host in one task
     backoff_initial_s: float = 1.0  # first wait after a 429/503; doubles with each further one
-    backoff_max_s: float = 60.0  # cap of that wait; a longer Retry-After puts the host in cool-down
+    backoff_max_s: float = 60.0  # cap of that wait (0: no back-off); a longer Retry-After: cool-down
     failures_before_cooldown: int = 5  # consecutive failures (429/503, timeouts, refused, 5xx): the
-    # host's remaining rows in the task then fail at once as transient (a rerun retries them)
+    # host's remaining rows in the task then fail at once as transient (a rerun retries them); 0 = never
     tasks_per_host: int = 4  # lanes (tasks) one host's rows may fall in; 0 = no host-aware sharding
     lanes: int = 0  # tasks of the job; 0 = the largest input file's rows / rows_per_shard
 
     def __post_init__(self) -> None:
         from curation.config import ConfigError  # (config imports this module)
 
-        if min(self.max_connections_per_host, self.tasks_per_host, self.lanes, self.failures_before_cooldown - 1) < 0:
-            raise ConfigError("[download.politeness] limits must be >= 0 (failures_before_cooldown >= 1)")
+        if min(self.max_connections_per_host, self.tasks_per_host, self.lanes, self.failures_before_cooldown) < 0:
+            raise ConfigError("[download.politeness] limits must be >= 0")
         if min(self.min_interval_per_host_s, self.backoff_initial_s, self.backoff_max_s) < 0:
             raise ConfigError("[download.politeness] durations must be >= 0")
 
@@ -212,15 +212,14 @@ class HostScheduler:
                 host.failures = host.level = 0
             elif signal in (Signal.THROTTLED, Signal.FAILED):
                 host.failures += 1
-                cool = host.failures >= opts.failures_before_cooldown
+                cool = 0 < opts.failures_before_cooldown <= host.failures
                 if signal is Signal.THROTTLED:
                     self.stats.throttled += 1
-                    delay = min(opts.backoff_max_s, opts.backoff_initial_s * 2.0**host.level)
+                    asked = retry_after or 0.0
+                    delay = min(opts.backoff_max_s, max(asked, opts.backoff_initial_s * 2.0**host.level))
                     host.level += 1
-                    if retry_after is not None and retry_after > opts.backoff_max_s:
+                    if asked > opts.backoff_max_s and opts.failures_before_cooldown:
                         cool = True  # it asks for longer than we back off: a rerun fetches these rows
-                    elif retry_after is not None:
-                        delay = max(delay, retry_after)
                     if host.not_before < now + delay:
                         self.stats.backoff_s += now + delay - max(host.not_before, now)
                         host.not_before = now + delay

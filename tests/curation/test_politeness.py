@@ -189,3 +189,12 @@ def test_politeness_config_is_read_from_toml_and_checked(tmp_path):
     assert (polite.max_connections_per_host, polite.min_interval_per_host_s, polite.tasks_per_host) == (2, 0.5, 3)
     with pytest.raises(ConfigError, match="politeness"):
         PolitenessOptions(max_connections_per_host=-1)
+
+
+def test_zero_turns_cool_down_and_back_off_off():
+    scheduler, _ = _scheduler(["a"] * 12, max_connections_per_host=1, failures_before_cooldown=0, backoff_max_s=0.0)
+    for _ in range(11):
+        (ticket,) = _drain(scheduler)  # due at once: no back-off, even after Retry-After 3600
+        assert not ticket.cooled
+        scheduler.finish(ticket, Signal.THROTTLED, "HTTP 429", 3600.0)
+    assert scheduler.stats.cooldowns == 0 and scheduler.stats.backoff_s == 0
