@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from curation import storage
 from curation.config import DownloadOptions
 from curation.fetch import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
-from curation.politeness import HostScheduler, PolitenessOptions, PolitenessStats, Signal, host_of, lane_of
+from curation.politeness import HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.ssrf import AddressGuard, build_opener
 from curation.stage import DATA, REJECTED_DIR, SHARDS, ShardStats, StageDir, read_parquet, rejected_table
 from curation.storage import StorageOptions
@@ -96,16 +96,21 @@ def auto_lanes(counts: list[int], rows_per_shard: int) -> int:
 def plan_host_shards(files: list[str], urls: list[list[str]], rows_per_shard: int, lanes: int, tasks_per_host: int) -> list[WorkItem]:
     """Host-aware shards: the rows of file ``i`` in lane ``L`` (input order), ``rows_per_shard`` at a time,
     as shard ``part-iiiii-LLLLL-kkkk`` in lane ``L``. A pure function of the URLs and the three numbers."""
+    lane_of_url = Lanes(lanes, tasks_per_host)
+    return [item for index, (uri, file_urls) in enumerate(zip(files, urls))
+            for item in _file_shards(index, uri, file_urls, rows_per_shard, lane_of_url)]
+
+
+def _file_shards(index: int, uri: str, urls: Iterable[str], rows_per_shard: int, lane_of_url: Lanes) -> list[WorkItem]:
+    by_lane: dict[int, list[int]] = {}
+    for row, url in enumerate(urls):
+        by_lane.setdefault(lane_of_url(url), []).append(row)
     items = []
-    for index, (uri, file_urls) in enumerate(zip(files, urls)):
-        by_lane: dict[int, list[int]] = {}
-        for row, url in enumerate(file_urls):
-            by_lane.setdefault(lane_of(url, lanes, tasks_per_host), []).append(row)
-        for lane in sorted(by_lane):
-            rows = by_lane[lane]
-            for k, first in enumerate(range(0, len(rows), rows_per_shard)):
-                chunk = tuple(rows[first : first + rows_per_shard])
-                items.append(WorkItem(uri, chunk[0], chunk[-1] + 1, f"part-{index:05d}-{lane:05d}-{k:04d}", lane, chunk))
+    for lane in sorted(by_lane):
+        rows = by_lane[lane]
+        for k, first in enumerate(range(0, len(rows), rows_per_shard)):
+            chunk = tuple(rows[first : first + rows_per_shard])
+            items.append(WorkItem(uri, chunk[0], chunk[-1] + 1, f"part-{index:05d}-{lane:05d}-{k:04d}", lane, chunk))
     return items
 
 
@@ -129,9 +134,10 @@ def plan_work(
     counts = [_num_rows(uri, options) for uri in files]
     if politeness is None or politeness.tasks_per_host == 0:
         return plan_slices(files, counts, rows_per_shard)
-    lanes = politeness.lanes or auto_lanes(counts, rows_per_shard)
-    urls = [_read_column(uri, "url", options) for uri in files]
-    return plan_host_shards(files, urls, rows_per_shard, lanes, politeness.tasks_per_host)
+    lane_of_url = Lanes(politeness.lanes or auto_lanes(counts, rows_per_shard), politeness.tasks_per_host)
+    # one file's urls in memory at a time; the same items as plan_host_shards over all files
+    return [item for index, uri in enumerate(files)
+            for item in _file_shards(index, uri, _read_column(uri, "url", options), rows_per_shard, lane_of_url)]
 
 
 def by_lane(items: Iterable[WorkItem]) -> list[list[WorkItem]]:

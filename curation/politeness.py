@@ -25,6 +25,7 @@ the job-wide limit is ``tasks_per_host x max_connections_per_host`` connections 
 from __future__ import annotations
 
 import heapq
+import re
 import threading
 import time
 import zlib
@@ -70,8 +71,26 @@ def _crc(text: str) -> int:
 def lane_of(url: str, lanes: int, tasks_per_host: int) -> int:
     """The lane of a row: its host's lane plus (url hash mod tasks_per_host), so a host's rows fall in
     at most ``tasks_per_host`` consecutive lanes. Stable across processes and runs (CRC-32, not hash())."""
-    spread = max(1, min(tasks_per_host, lanes))
-    return (_crc(host_of(url)) + (_crc(url) % spread if spread > 1 else 0)) % lanes
+    return Lanes(lanes, tasks_per_host)(url)
+
+
+_NETLOC = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
+
+
+class Lanes:
+    """:func:`lane_of` for many URLs: the host's CRC is computed once per distinct authority."""
+
+    def __init__(self, lanes: int, tasks_per_host: int) -> None:
+        self.lanes, self.spread = lanes, max(1, min(tasks_per_host, lanes))
+        self._host_crc: dict[str, int] = {}
+
+    def __call__(self, url: str) -> int:
+        match = _NETLOC.match(url)
+        if match is None:  # unusual shapes: no cache (the host depends on the authority only)
+            base = _crc(host_of(url))
+        elif (base := self._host_crc.get(match.group(1))) is None:
+            base = self._host_crc[match.group(1)] = _crc(host_of(url))
+        return (base + (_crc(url) % self.spread if self.spread > 1 else 0)) % self.lanes
 
 
 class Signal(Enum):

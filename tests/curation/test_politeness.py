@@ -9,7 +9,7 @@ import pytest
 
 from curation.config import ConfigError, load_config
 from curation.download import auto_lanes, by_lane, plan_host_shards, plan_slices
-from curation.politeness import HostScheduler, PolitenessOptions, Signal, host_of, lane_of
+from curation.politeness import HostScheduler, Lanes, PolitenessOptions, Signal, _crc, host_of, lane_of
 
 
 class Clock:
@@ -198,3 +198,14 @@ def test_zero_turns_cool_down_and_back_off_off():
         assert not ticket.cooled
         scheduler.finish(ticket, Signal.THROTTLED, "HTTP 429", 3600.0)
     assert scheduler.stats.cooldowns == 0 and scheduler.stats.backoff_s == 0
+
+
+@pytest.mark.parametrize("url", [
+    "http://IMG.example.com/a.jpg", "https://user:pw@img.example.com:8443/a.jpg", "http://img.example.com",
+    "http://img.example.com?x=1", "HTTP://Img.Example.com#frag", "http://[::1]:80/a", "http://bücher.example/ü.jpg",
+    "//img.example.com/a.jpg", "not a url", "", "http://a\tb.example/x", "ftp://img.example.com/a", "http://[::1/",
+])
+def test_cached_lanes_agree_with_the_definition(url):
+    lanes = Lanes(7, 3)
+    lanes("http://img.example.com/warm-the-cache.jpg")
+    assert lanes(url) == (_crc(host_of(url)) + _crc(url) % 3) % 7 == lane_of(url, 7, 3)
