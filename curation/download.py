@@ -1,4 +1,4 @@
-"""The download stage's unit of work, engine-agnostic: one task fetches one slice of an input shard.
+"""The download stage's unit of work, engine-agnostic: one task runs one lane of shards, each a set of input rows.
 
 Input: the kept rows of a finished filter-text stage (TEXT_OK). With host-aware sharding (the default,
 ``[download.politeness] tasks_per_host`` > 0) every row of input file ``i`` goes to a lane by its host
@@ -75,6 +75,10 @@ class WorkItem:
     shard: str
     lane: int = 0
     rows: tuple[int, ...] = ()  # row numbers in the file, ascending; empty: all of start:stop
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) if self.rows else self.stop - self.start
 
 
 def plan_slices(files: list[str], counts: list[int], rows_per_shard: int) -> list[WorkItem]:
@@ -351,8 +355,9 @@ def pending_transient(stage: StageDir) -> int:
 
 
 def run_local(stage: StageDir, items: Iterable[WorkItem], opts: DownloadOptions) -> list[ShardStats]:
-    """The local engine: the same tasks (one per lane), in a pool of spawned processes (in this process for one)."""
-    lanes = by_lane(items)
+    """The local engine: the same tasks (one per lane), in a pool of spawned processes (in this process for
+    one); the largest lanes start first, so that no large lane is left to run alone at the end."""
+    lanes = sorted(by_lane(items), key=lambda lane: -sum(i.n_rows for i in lane))
     task = partial(download_lane, stage=stage, opts=opts)
     processes = min(opts.processes or os.cpu_count() or 1, max(1, len(lanes)))
     if processes == 1:

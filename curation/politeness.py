@@ -216,6 +216,8 @@ class HostScheduler:
                 now = self.clock()
                 ticket = self._hand_out(now)
                 if ticket is not None:
+                    if self._ready:  # maybe more may start now (e.g. a back-off just ended): pass the word on
+                        self._cond.notify()
                     return ticket
                 timeout = max(0.0, self._waiting[0][0] - now) if self._waiting else None
                 self._cond.wait(timeout)
@@ -243,7 +245,8 @@ class HostScheduler:
                         self.stats.backoff_s += now + delay - max(host.not_before, now)
                         host.not_before = now + delay
                 if cool and not host.cooled_because:
+                    self._cond.notify_all()  # every remaining row of the host may go at once
                     host.cooled_because = f"{host.failures} consecutive failures, last: {detail}"
                     self.stats.cooldowns += 1
             self._place(host, now)
-            self._cond.notify_all()
+            self._cond.notify()  # one slot freed: one more row may start (waking all would stampede)
