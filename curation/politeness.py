@@ -238,7 +238,7 @@ class HostScheduler:
                     self.stats.throttled += 1
                     asked = retry_after or 0.0
                     delay = min(opts.backoff_max_s, max(asked, opts.backoff_initial_s * 2.0**host.level))
-                    host.level += 1
+                    host.level = min(host.level + 1, 64)  # (2.0**1100 overflows; the cap is reached long before)
                     if asked > opts.backoff_max_s and opts.failures_before_cooldown:
                         cool = True  # it asks for longer than we back off: a rerun fetches these rows
                     if host.not_before < now + delay:

@@ -209,3 +209,12 @@ def test_cached_lanes_agree_with_the_definition(url):
     lanes = Lanes(7, 3)
     lanes("http://img.example.com/warm-the-cache.jpg")
     assert lanes(url) == (_crc(host_of(url)) + _crc(url) % 3) % 7 == lane_of(url, 7, 3)
+
+
+def test_thousands_of_429s_without_cool_down_keep_the_back_off_at_its_cap():
+    scheduler, clock = _scheduler(["a"] * 2000, max_connections_per_host=1, failures_before_cooldown=0, backoff_max_s=2.0)
+    for _ in range(1999):
+        (ticket,) = _drain(scheduler)
+        scheduler.finish(ticket, Signal.THROTTLED, "HTTP 429")
+        clock.now += 2.0
+    assert scheduler.stats.backoff_s == 1.0 + 2.0 * 1998
