@@ -6,16 +6,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
-from curation.config import Config, DownloadOptions
+from curation.config import DownloadOptions
 from curation.download import fetch_rows
 from curation.fetch import FetchOptions, is_transient
 from curation.politeness import PolitenessOptions
-from curation.stage import StageDir
 from filters.image import Rejection, StoredImage
 from schemas import Reason
-from tests.jobs.test_download_job import make_text_ok
 
 FETCH = FetchOptions(timeout_s=2.0, max_transfer_s=5.0, allowed_addresses=("127.0.0.0/8",))
 POLITE = PolitenessOptions(max_connections_per_host=2, backoff_initial_s=0.01, backoff_max_s=0.05, failures_before_cooldown=3)
@@ -92,25 +88,3 @@ def test_min_interval_spaces_requests_and_is_counted_as_waiting(host_servers):
     results, stats = fetch_rows([server.url(f"/photo/spaced-{i}.jpg") for i in range(4)], spaced)
     assert all(isinstance(r, StoredImage) for r in results)
     assert stats.waited_s > 0  # threads waited for the interval (never asserted as a duration)
-
-
-@pytest.mark.parametrize("engine", ["local"])
-def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(host_servers, tmp_path, engine):
-    _reset(host_servers)
-    big, small, other = host_servers
-    urls = ([big.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(60)]
-            + [small.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(8)]
-            + [other.url(f"/photo/job-{i}.jpg") for i in range(8)])
-    source = make_text_ok(tmp_path / "text_ok", urls, files=2)
-    polite = replace(POLITE, max_connections_per_host=2, tasks_per_host=1, lanes=4)
-    opts = replace(OPTS, threads=16, rows_per_shard=10, engine=engine, processes=2, politeness=polite)
-    from jobs import download as job
-
-    stats = job.run(None, source, str(tmp_path / "out"), Config(download=opts))
-    assert stats["rows_in"] == len(urls) == stats["rows_out"] + stats["rejected_total"]
-    assert stats["rows_out"] == len(urls)
-    assert big.max_concurrent <= 2 * 1  # one lane holds the host: 2 processes, yet never 2 x 2
-    stage = StageDir(str(tmp_path / "out"), "download")
-    markers = stage.completed_shards()
-    assert all(m.rows_in == m.rows_out + m.rejected_total for m in markers.values())
-    assert {"backoff_s", "cooled_rows"} <= set(next(iter(markers.values())).extra["politeness"])

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from curation.config import Config, DownloadOptions
 from curation.download import WorkItem, plan_work, read_rows
 from curation.fetch import FetchOptions, is_transient
+from curation.politeness import PolitenessOptions
 from curation.filter_text import InputNotReadyError
 from curation.stage import StageDir
 from filters.image import ImageRules
@@ -265,3 +266,25 @@ def test_sample_pipeline_serves_its_images_on_loopback_and_downloads_them(spark,
     assert stats["rows_out"] > 0  # real bytes were fetched from the loopback server
     kept = StageDir(str(tmp_path / "run" / "download"), "download").read(table=FETCHED)
     assert all(u.startswith(f"http://127.0.0.1:{port}/images/") for u in kept.column("url").to_pylist())
+
+
+@pytest.mark.parametrize("engine", ["spark", "local"])
+def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(spark, host_servers, tmp_path, engine):
+    for server in host_servers:
+        server.reset_concurrency()
+    big, small, other = host_servers
+    urls = ([big.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(60)]
+            + [small.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(8)]
+            + [other.url(f"/photo/job-{i}.jpg") for i in range(8)])
+    source = make_text_ok(tmp_path / "text_ok", urls, files=2)
+    polite = PolitenessOptions(max_connections_per_host=2, tasks_per_host=1, lanes=4)
+    opts = DownloadOptions(fetch=replace(FETCH, allowed_addresses=("127.0.0.0/8",)), threads=16, rows_per_shard=10,
+                           engine=engine, processes=2, politeness=polite)
+    stats = job.run(spark if engine == "spark" else None, source, str(tmp_path / "out"), Config(download=opts))
+    assert stats["rows_in"] == len(urls) == stats["rows_out"] + stats["rejected_total"]
+    assert stats["rows_out"] == len(urls)
+    assert big.max_concurrent <= 2 * 1  # one lane holds the host: 2 tasks at once, yet never 2 x 2
+    stage = StageDir(str(tmp_path / "out"), "download")
+    markers = stage.completed_shards()
+    assert all(m.rows_in == m.rows_out + m.rejected_total for m in markers.values())
+    assert {"backoff_s", "cooled_rows"} <= set(next(iter(markers.values())).extra["politeness"])
