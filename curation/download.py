@@ -52,7 +52,9 @@ from curation.config import DownloadOptions
 from curation.fetch import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
 from curation.politeness import HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.ssrf import AddressGuard, build_opener
-from curation.stage import DATA, REJECTED_DIR, SHARDS, ShardStats, StageDir, read_parquet, rejected_table
+from curation.stage import (
+    DATA, REJECTED_DIR, SHARDS, InputsChangedError, ShardStats, StageDir, read_parquet, rejected_table,
+)
 from curation.storage import StorageOptions
 from filters.image import Rejection, StoredImage, process_image
 from schemas import CANDIDATES, FETCHED, TEXT_OK, Reason
@@ -142,6 +144,22 @@ def plan_work(
     # one file's urls in memory at a time; the same items as plan_host_shards over all files
     return [item for index, uri in enumerate(files)
             for item in _file_shards(index, uri, _read_column(uri, "url", options), rows_per_shard, lane_of_url)]
+
+
+class PlanChangedError(InputsChangedError):
+    pass
+
+
+def check_plan(stage: StageDir, items: list[WorkItem]) -> None:
+    """Refuse to resume an output folder whose finished shards another plan made (other ``rows_per_shard``,
+    ``lanes`` or ``tasks_per_host``, or a version without host lanes): their rows would be counted twice."""
+    foreign = sorted(set(stage.completed_shards()) - {i.shard for i in items})
+    if foreign:
+        raise PlanChangedError(
+            f"{stage.uri} holds {len(foreign)} finished shard(s) this plan does not make (e.g. {foreign[0]}): it was "
+            "started with another shard plan ([download] rows_per_shard, [download.politeness] lanes or "
+            "tasks_per_host); rerun with the same settings to resume, or pass --overwrite to start again"
+        )
 
 
 def by_lane(items: Iterable[WorkItem]) -> list[list[WorkItem]]:

@@ -12,7 +12,9 @@ from pyspark.sql import SparkSession
 
 from curation import storage
 from curation.config import Config
-from curation.download import STAGE, WorkItem, by_lane, download_task, pending_transient, plan_work, run_local
+from curation.download import (
+    STAGE, WorkItem, by_lane, check_plan, download_task, pending_transient, plan_work, run_local,
+)
 from curation.filter_text import input_files
 from curation.stage import SUCCESS, StageDir
 from curation.stage import shard_stats_batch
@@ -52,8 +54,9 @@ def run(spark: SparkSession | None, source: str, output: str, config: Config, ov
     files = input_files(source, stage.storage)
     stage.prepare(overwrite=overwrite)
     stage.pin_inputs(files)
-    storage.delete(stage.path(SUCCESS), stage.storage)  # shards may change from here on
     items = plan_work(files, opts.rows_per_shard, stage.storage, opts.politeness)
+    check_plan(stage, items)  # before _SUCCESS goes: a refused rerun leaves a finished stage finished
+    storage.delete(stage.path(SUCCESS), stage.storage)  # shards may change from here on
     log.info("download: %d input files, %d shards (%s engine) -> %s", len(files), len(items), opts.engine, output)
 
     if items and opts.engine == "local":

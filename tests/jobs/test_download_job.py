@@ -288,3 +288,18 @@ def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(spark, host_s
     markers = stage.completed_shards()
     assert all(m.rows_in == m.rows_out + m.rejected_total for m in markers.values())
     assert {"backoff_s", "cooled_rows"} <= set(next(iter(markers.values())).extra["politeness"])
+
+
+def test_a_rerun_with_another_shard_plan_is_refused_and_the_finished_stage_stays_finished(image_server, tmp_path):
+    from curation.download import PlanChangedError
+
+    paths = ["/gen/photo.jpg", "/status/503", "/gen/tiny.jpg"]
+    source = make_text_ok(tmp_path / "text_ok", [image_server.url(p) for p in paths], files=1)
+    local = replace(OPTS, engine="local", processes=1)
+    first = _run(None, source, tmp_path / "out", local)
+    assert first["transient"] == 1  # so a rerun would not stop at "complete"
+    old_plan = replace(local, politeness=replace(local.politeness, tasks_per_host=0))  # slices: other names
+    with pytest.raises(PlanChangedError, match="part-00000-00000-0000"):
+        _run(None, source, tmp_path / "out", old_plan)
+    assert StageDir(str(tmp_path / "out"), "download").is_complete()
+    assert _run(None, source, tmp_path / "out", old_plan, overwrite=True)["rows_in"] == 3
