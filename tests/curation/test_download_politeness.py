@@ -25,7 +25,7 @@ def _reset(servers) -> None:
 
 def test_no_host_sees_more_than_max_connections_per_host(host_servers):
     _reset(host_servers)
-    urls = [s.url(f"/photo/limit-{i}.jpg?delay=0.05") for i in range(12) for s in host_servers]
+    urls = [s.url(f"/photo/limit-{i}.jpg?delay=0.2") for i in range(12) for s in host_servers]
     results, stats = fetch_rows(urls, OPTS)
     assert all(isinstance(r, StoredImage) for r in results)
     assert [s.max_concurrent for s in host_servers] == [2, 2, 2]  # 16 threads, yet 2 per host
@@ -37,7 +37,7 @@ def test_without_a_limit_one_host_gets_every_thread(host_servers):
     server = host_servers[0]
     _reset([server])
     unlimited = replace(OPTS, threads=8, politeness=replace(POLITE, max_connections_per_host=0))
-    fetch_rows([server.url(f"/photo/free-{i}.jpg?delay=0.2") for i in range(16)], unlimited)
+    fetch_rows([server.url(f"/photo/free-{i}.jpg?delay=0.5") for i in range(16)], unlimited)
     assert server.max_concurrent > 2
 
 
