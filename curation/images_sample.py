@@ -113,9 +113,11 @@ class Response:
 class ImageHandler(BaseHTTPRequestHandler):
     """Serves ``server.routes`` (path -> Response); 404 for the rest. Records each request path.
 
-    A connection counts as open from its accept until just before the last byte of the response is
-    sent: the client cannot have finished reading (and started another fetch in its place) earlier, so
-    the maximum the server sees never exceeds what the client holds open."""
+    A connection counts as open from its accept until just before the last byte the client must read is
+    sent: the last byte of the body, or of the headers for an answer a client may drop after reading them
+    (an error status, an X-Robots-Tag opt-out). The client cannot have finished (and started another fetch
+    in its place) earlier, so the maximum the server sees never exceeds what the client holds open
+    (a client that drops a 200 answer early, e.g. over its size limit, may be over-counted briefly)."""
 
     server: _Server
     disable_nagle_algorithm = True  # the last byte goes out on its own (see respond)
@@ -145,13 +147,15 @@ class ImageHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         for name, value in response.headers:
             self.send_header(name, value)
-        if not response.body:
-            self._closed()
-        self.end_headers()
-        if response.body:
-            self.wfile.write(response.body[:-1])
-            self._closed()
-            self.wfile.write(response.body[-1:])
+        self._headers_buffer.append(b"\r\n")  # what end_headers() adds before it sends them
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        may_drop = response.status != 200 or any(name.lower() == "x-robots-tag" for name, _ in response.headers)
+        cut = len(head) - 1 if may_drop or not response.body else len(head) + len(response.body) - 1
+        message = head + response.body
+        self.wfile.write(message[:cut])
+        self._closed()
+        self.wfile.write(message[cut:])
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (signature of the base class)
         log.debug("image server: " + format, *args)
