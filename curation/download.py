@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from curation import storage
 from curation.config import DownloadOptions
 from curation.fetch import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
-from curation.politeness import HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
+from curation.politeness import HostBook, HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.ssrf import AddressGuard, build_opener
 from curation.stage import (
     DATA, REJECTED_DIR, SHARDS, InputsChangedError, ShardStats, StageDir, read_parquet, rejected_table,
@@ -225,13 +225,16 @@ class _Progress:
                 log.info("download %s: %d/%d rows, %.1f rows/s", self.label, self.done, self.total, rate)
 
 
-def fetch_rows(urls: list[str], opts: DownloadOptions, label: str = "") -> tuple[list[StoredImage | Rejection], PolitenessStats]:
-    """Every URL's result (in order), fetched by ``opts.threads`` threads under the politeness rules."""
+def fetch_rows(
+    urls: list[str], opts: DownloadOptions, label: str = "", book: HostBook | None = None
+) -> tuple[list[StoredImage | Rejection], PolitenessStats]:
+    """Every URL's result (in order), fetched by ``opts.threads`` threads under the politeness rules
+    (``book``: the task's host states, carried over from its previous shards)."""
     opener = build_opener(
         AddressGuard.from_config(opts.fetch.allowed_addresses, opts.fetch.only_allowed_addresses),
         opts.fetch.max_redirects,
     )
-    scheduler = HostScheduler([host_of(u) for u in urls], opts.politeness)
+    scheduler = HostScheduler([host_of(u) for u in urls], opts.politeness, book=book)
     results: list[StoredImage | Rejection | None] = [None] * len(urls)
     progress = _Progress(label, len(urls))
 
@@ -274,12 +277,13 @@ def _fetch_columns(images: list[StoredImage]) -> dict[str, pa.Array]:
 
 
 def download_table(
-    rows: pa.Table, opts: DownloadOptions, label: str = "", politeness: PolitenessStats | None = None
+    rows: pa.Table, opts: DownloadOptions, label: str = "", politeness: PolitenessStats | None = None,
+    book: HostBook | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Fetch and check every row: (kept rows with the fetch columns, REJECTED rows), both in input order.
     The politeness figures of the fetch are added to ``politeness`` when given."""
     urls, uids = rows.column("url").to_pylist(), rows.column("uid").to_pylist()
-    results, stats = fetch_rows(urls, opts, label)
+    results, stats = fetch_rows(urls, opts, label, book)
     if politeness is not None:
         _add_stats(politeness, stats)
     kept_idx = [i for i, r in enumerate(results) if isinstance(r, StoredImage)]
@@ -350,7 +354,7 @@ def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions)
     return _write(stage, item, rows.num_rows, kept, rejected, len(retry), polite)
 
 
-def download_task(item: WorkItem, stage: StageDir, opts: DownloadOptions) -> ShardStats:
+def download_task(item: WorkItem, stage: StageDir, opts: DownloadOptions, book: HostBook | None = None) -> ShardStats:
     """Fetch one slice into its shard; a finished shard is skipped, or has its transient rows retried."""
     if stage.has_shard(item.shard):
         if opts.retry_transient and _marker(stage, item.shard).extra.get("transient"):
@@ -358,13 +362,15 @@ def download_task(item: WorkItem, stage: StageDir, opts: DownloadOptions) -> Sha
         return ShardStats(item.shard, 0, 0, extra={"skipped": True})
     rows = read_rows(item, stage.storage)
     polite = PolitenessStats()
-    kept, rejected = download_table(rows, opts, item.shard, polite)
+    kept, rejected = download_table(rows, opts, item.shard, polite, book)
     return _write(stage, item, rows.num_rows, kept, rejected, 0, polite)
 
 
 def download_lane(items: list[WorkItem], stage: StageDir, opts: DownloadOptions) -> list[ShardStats]:
-    """One task: a lane's shards, one after another (so a host's lanes bound the tasks reaching it)."""
-    return [download_task(item, stage, opts) for item in items]
+    """One task: a lane's shards, one after another (so a host's lanes bound the tasks reaching it),
+    each host's back-off and cool-down carried from shard to shard."""
+    book: HostBook = {}
+    return [download_task(item, stage, opts, book) for item in items]
 
 
 def pending_transient(stage: StageDir) -> int:

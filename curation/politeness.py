@@ -134,15 +134,25 @@ class PolitenessStats:
                 "cooled_rows": self.cooled_rows, "cooldowns": self.cooldowns}
 
 
+HostBook = dict[str, _Host]  # what a task knows of its hosts (back-off, failures, cool-down), shard to shard
+
+
 class HostScheduler:
     """Hands out rows to worker threads under the per-host rules (see the module docstring).
 
     ``take()`` blocks until a row may start and returns its ticket, or None when every row has been
-    handed out; every non-cooled ticket must be followed by ``finish(ticket, signal, ...)``."""
+    handed out; every non-cooled ticket must be followed by ``finish(ticket, signal, ...)``. A ``book``
+    shared by the schedulers of a task's shards (run one after another) carries each host's back-off,
+    failure count and cool-down from one shard to the next."""
 
-    def __init__(self, hosts: Sequence[str], opts: PolitenessOptions, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, hosts: Sequence[str], opts: PolitenessOptions, clock: Callable[[], float] = time.monotonic,
+        book: HostBook | None = None,
+    ) -> None:
         self.opts, self.clock, self.stats = opts, clock, PolitenessStats()
-        self._hosts: dict[str, _Host] = {}
+        self._hosts: HostBook = {} if book is None else book
+        for host in self._hosts.values():  # (a previous shard's scheduler is done with them)
+            host.pending, host.active = deque(), 0
         for row, name in enumerate(hosts):
             self._hosts.setdefault(name, _Host(name, deque())).pending.append(row)
         self._left = len(hosts)

@@ -26,9 +26,10 @@ WORK_SCHEMA = "uri string, start long, stop long, shard string, lane long, rows 
 
 
 def _download_partition(batches, stage: StageDir, opts):
+    book = {}  # one task: host back-off and cool-down carry from shard to shard
     for batch in batches:
         items = [WorkItem(**{**row, "rows": tuple(row["rows"])}) for row in batch.to_pylist()]
-        yield shard_stats_batch([download_task(item, stage, opts) for item in items])
+        yield shard_stats_batch([download_task(item, stage, opts, book) for item in items])
 
 
 def _run_spark(spark: SparkSession, stage: StageDir, items: list[WorkItem], opts) -> int:

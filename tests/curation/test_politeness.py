@@ -218,3 +218,19 @@ def test_thousands_of_429s_without_cool_down_keep_the_back_off_at_its_cap():
         scheduler.finish(ticket, Signal.THROTTLED, "HTTP 429")
         clock.now += 2.0
     assert scheduler.stats.backoff_s == 1.0 + 2.0 * 1998
+
+
+def test_a_book_carries_cool_down_and_back_off_to_the_next_shard_of_the_task():
+    book = {}
+    first, clock = _scheduler(["dead", "dead", "slow"], max_connections_per_host=1, failures_before_cooldown=2)
+    first = HostScheduler(["dead", "dead", "slow"], first.opts, clock, book)
+    dead1, slow = _drain(first)
+    first.finish(dead1, Signal.FAILED, "timed out")
+    first.finish(slow, Signal.THROTTLED, "HTTP 429", 5.0)
+    (dead2,) = _drain(first)
+    first.finish(dead2, Signal.FAILED, "timed out")
+    second = HostScheduler(["slow", "dead", "new"], first.opts, clock, book)
+    started = _drain(second)
+    assert [(t.host, bool(t.cooled)) for t in started] == [("dead", True), ("new", False)]  # slow: backing off
+    clock.now = 5.0
+    assert [t.host for t in _drain(second)] == ["slow"]
