@@ -273,12 +273,13 @@ def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(spark, host_s
     for server in host_servers:
         server.reset_concurrency()
     big, small, other = host_servers
-    urls = ([big.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(60)]
-            + [small.url(f"/photo/job-{i}.jpg?delay=0.05") for i in range(8)]
-            + [other.url(f"/photo/job-{i}.jpg") for i in range(8)])
+    urls = ([big.url(f"/gen/photo.jpg?n=job-{i}&delay=0.05") for i in range(60)]
+            + [small.url(f"/gen/photo.jpg?n=job-{i}&delay=0.05") for i in range(8)]
+            + [other.url(f"/gen/photo.jpg?n=job-{i}") for i in range(8)])
     source = make_text_ok(tmp_path / "text_ok", urls, files=2)
     polite = PolitenessOptions(max_connections_per_host=2, tasks_per_host=1, lanes=4)
-    opts = DownloadOptions(fetch=replace(FETCH, allowed_addresses=("127.0.0.0/8",)), threads=16, rows_per_shard=10,
+    fetch = FetchOptions(timeout_s=20.0, max_transfer_s=30.0, allowed_addresses=("127.0.0.0/8",))  # no timeouts under load
+    opts = DownloadOptions(fetch=fetch, threads=16, rows_per_shard=10,
                            engine=engine, processes=2, politeness=polite)
     stats = job.run(spark if engine == "spark" else None, source, str(tmp_path / "out"), Config(download=opts))
     assert stats["rows_in"] == len(urls) == stats["rows_out"] + stats["rejected_total"]
