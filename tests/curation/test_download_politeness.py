@@ -10,7 +10,7 @@ from curation.config import DownloadOptions
 from curation.download import fetch_rows
 from curation.fetch import FetchOptions, is_transient
 from curation.politeness import PolitenessOptions
-from filters.image import Rejection, StoredImage
+from filters.image import StoredImage
 from schemas import Reason
 
 FETCH = FetchOptions(timeout_s=20.0, max_transfer_s=30.0, allowed_addresses=("127.0.0.0/8",))  # generous: a loaded machine must not turn answers into timeouts
