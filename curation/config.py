@@ -13,6 +13,7 @@ from curation import storage
 from curation.crawl import ExtractRules
 from curation.errors import CurationError
 from curation.fetch import FetchOptions
+from curation.politeness import PolitenessOptions
 from curation.storage import StorageOptions
 from filters.dedup import DedupRules
 from filters.image import ImageRules
@@ -62,6 +63,7 @@ DOWNLOAD_ENGINES = ("spark", "local")
 class DownloadOptions:
     rules: ImageRules = ImageRules()  # [download.rules]: COYO's image rules, resize and encoding
     fetch: FetchOptions = FetchOptions()  # [download.fetch]: timeouts, retries, user agent, SSRF allow-list
+    politeness: PolitenessOptions = PolitenessOptions()  # [download.politeness]: per-host limits, host lanes
     threads: int = 64  # concurrent fetches per task
     rows_per_shard: int = 5_000  # input rows per task and output shard
     engine: str = "spark"  # or "local": the same tasks in a process pool, without Spark

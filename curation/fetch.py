@@ -73,10 +73,15 @@ class FetchOptions:
 
 
 class FetchFailed(Exception):
-    def __init__(self, reason: Reason, detail: str, transient: bool = False, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: Reason, detail: str, transient: bool = False, retry_after: float | None = None,
+        status: int | None = None, unreachable: bool = False,
+    ) -> None:
         super().__init__(detail)
         self.reason, self.detail, self.transient = reason, detail, transient
         self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it did
+        self.status = status  # the HTTP status, when the host answered with an error
+        self.unreachable = unreachable  # connection refused (permanent for the row, a sign for the host)
 
     @property
     def message(self) -> str:
@@ -148,7 +153,8 @@ def _network_failure(err: BaseException) -> FetchFailed:
     if isinstance(err, socket.gaierror):
         return FetchFailed(Reason.FAILED_TO_DOWNLOAD, f"dns: {err}", transient=err.errno == socket.EAI_AGAIN)
     transient_types = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.IncompleteRead)
-    return FetchFailed(Reason.FAILED_TO_DOWNLOAD, f"{type(err).__name__}: {err}", transient=isinstance(err, transient_types))
+    return FetchFailed(Reason.FAILED_TO_DOWNLOAD, f"{type(err).__name__}: {err}", transient=isinstance(err, transient_types),
+                       unreachable=isinstance(err, ConnectionRefusedError))
 
 
 def _read_bounded(response, max_bytes: int, deadline: float, max_transfer_s: float) -> bytes:
@@ -182,7 +188,7 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
         wait = retry_after_seconds((e.headers or {}).get("Retry-After")) if e.code in RETRY_AFTER_STATUS else None
         if wait is not None:
             message += f" (Retry-After {wait:.0f}s)"
-        raise FetchFailed(Reason.FAILED_TO_DOWNLOAD, message, e.code in TRANSIENT_STATUS, wait) from None
+        raise FetchFailed(Reason.FAILED_TO_DOWNLOAD, message, e.code in TRANSIENT_STATUS, wait, e.code) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise _network_failure(e) from None
     except ValueError as e:  # urllib's "unknown url type", malformed ports and hosts
@@ -199,6 +205,7 @@ def fetch(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, m
             if not e.transient or attempt == opts.retries:
                 raise
             if e.retry_after is not None and e.retry_after > opts.max_retry_after_s:
-                raise FetchFailed(e.reason, f"{e.detail} > max_retry_after_s {opts.max_retry_after_s:g}", True) from None
+                detail = f"{e.detail} > max_retry_after_s {opts.max_retry_after_s:g}"
+                raise FetchFailed(e.reason, detail, True, e.retry_after, e.status) from None
             time.sleep(opts.retry_backoff_s * 2**attempt if e.retry_after is None else e.retry_after)
     raise AssertionError("unreachable")

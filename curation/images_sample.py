@@ -6,8 +6,10 @@ noise) for the names the crawl sample links to (``img-00000.jpg`` ...): varied s
 with an EXIF orientation, a few truncated, an HTML page under a .jpg name, and a few served with an
 X-Robots-Tag opt-out, so the download stage meets what the web serves.
 
-:class:`ImageServer` serves a dict of paths on 127.0.0.1 from a background thread (``curation pipeline``
-starts one for ``[pipeline] sample = true``; the tests and the bench extend its handler).
+:class:`ImageServer` serves a dict of paths on 127.0.0.1 (or another loopback address, so that tests and
+the bench can play several hosts) from a background thread (``curation pipeline`` starts one for
+``[pipeline] sample = true``; the tests and the bench extend its handler). It counts the connections it is
+serving at once and keeps the maximum (what a per-host limit must bound).
 """
 
 from __future__ import annotations
@@ -109,9 +111,30 @@ class Response:
 
 
 class ImageHandler(BaseHTTPRequestHandler):
-    """Serves ``server.routes`` (path -> Response); 404 for the rest. Records each request path."""
+    """Serves ``server.routes`` (path -> Response); 404 for the rest. Records each request path.
+
+    A connection counts as open from its accept until just before the last byte the client must read is
+    sent: the last byte of the body, or of the headers for an answer a client may drop after reading them
+    (an error status, an X-Robots-Tag opt-out). The client cannot have finished (and started another fetch
+    in its place) earlier, so the maximum the server sees never exceeds what the client holds open
+    (a client that drops a 200 answer early, e.g. over its size limit, may be over-counted briefly)."""
 
     server: _Server
+    disable_nagle_algorithm = True  # the last byte goes out on its own (see respond)
+
+    def setup(self) -> None:
+        super().setup()
+        self._open = True
+        self.server.opened()
+
+    def finish(self) -> None:
+        self._closed()
+        super().finish()
+
+    def _closed(self) -> None:
+        if self._open:
+            self._open = False
+            self.server.closed()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.server.record(self.path)
@@ -124,8 +147,15 @@ class ImageHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         for name, value in response.headers:
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(response.body)
+        self._headers_buffer.append(b"\r\n")  # what end_headers() adds before it sends them
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        may_drop = response.status != 200 or any(name.lower() == "x-robots-tag" for name, _ in response.headers)
+        cut = len(head) - 1 if may_drop or not response.body else len(head) + len(response.body) - 1
+        message = head + response.body
+        self.wfile.write(message[:cut])
+        self._closed()
+        self.wfile.write(message[cut:])
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (signature of the base class)
         log.debug("image server: " + format, *args)
@@ -139,11 +169,21 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.routes = routes  # not copied: a lazy mapping (SampleRoutes) stays lazy
         self.requests: list[str] = []
+        self.active = self.max_active = 0
         self._lock = threading.Lock()
 
     def record(self, path: str) -> None:
         with self._lock:
             self.requests.append(path)
+
+    def opened(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def closed(self) -> None:
+        with self._lock:
+            self.active -= 1
 
     def handle_error(self, request, client_address) -> None:
         # a client that gives up (timeout, size limit) closes the socket mid-response: not a server error
@@ -151,13 +191,19 @@ class _Server(ThreadingHTTPServer):
 
 
 class ImageServer:
-    """``with ImageServer(routes) as server: server.url("/images/a.jpg")`` on 127.0.0.1 (port 0: any free one)."""
+    """``with ImageServer(routes) as server: server.url("/images/a.jpg")`` on 127.0.0.1 (port 0: any free
+    one); ``host`` may be another loopback address (127.0.0.2 ...), never a public one."""
 
-    def __init__(self, routes: Mapping[str, Response], port: int = 0, handler: type[ImageHandler] = ImageHandler):
+    def __init__(
+        self, routes: Mapping[str, Response], port: int = 0, handler: type[ImageHandler] = ImageHandler, host: str = "127.0.0.1"
+    ):
+        if not host.startswith("127."):
+            raise ValueError(f"ImageServer serves loopback only, not {host}")
+        self.host = host
         try:
-            self._server = _Server(("127.0.0.1", port), handler, routes)
+            self._server = _Server((host, port), handler, routes)
         except OSError as e:
-            raise OSError(f"cannot serve images on 127.0.0.1:{port}: {e} (choose another port in the config)") from e
+            raise OSError(f"cannot serve images on {host}:{port}: {e} (choose another port in the config)") from e
         self._thread = threading.Thread(target=self._server.serve_forever, name="image-server", daemon=True)
 
     @property
@@ -168,12 +214,21 @@ class ImageServer:
     def requests(self) -> list[str]:
         return list(self._server.requests)
 
+    @property
+    def max_concurrent(self) -> int:
+        """The most connections served at once since the start (or the last reset)."""
+        return self._server.max_active
+
+    def reset_concurrency(self) -> None:
+        with self._server._lock:
+            self._server.max_active = self._server.active
+
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def __enter__(self) -> ImageServer:
         self._thread.start()
-        log.info("image server on http://127.0.0.1:%d (%d paths)", self.port, len(self._server.routes))
+        log.info("image server on http://%s:%d (%d paths)", self.host, self.port, len(self._server.routes))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,5 +1,6 @@
 """Spark job of the download stage: text_ok -> fetched. Thin: it distributes curation.download's tasks
-(one per input slice) with mapInArrow, or hands them to the local process pool (``engine = "local"``)."""
+(one lane of shards per task, so the tasks that reach a host are bounded) with mapInArrow, or hands them
+to the local process pool (``engine = "local"``)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,35 @@ from functools import partial
 from pyspark.sql import SparkSession
 
 from curation.config import Config, ConfigError
-from curation.download import STAGE, WorkItem, download_task, pending_transient, plan_work, run_local
-from curation.lifecycle import StageSpec, Work, run_stage, input_files
+from curation.download import (
+    STAGE, WorkItem, by_lane, check_plan, download_task, pending_transient, plan_work, run_local,
+)
+from curation.lifecycle import StageSpec, Work, input_files, run_stage
 from curation.stage import StageDir, shard_stats_batch
-from jobs.partitions import as_list, distribute, run_context
+from jobs.partitions import MAX_TASKS, as_list, run_context
 from schemas import SHARD_STATS
 
 log = logging.getLogger(__name__)
 SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=("uid", "url", "text"))
-WORK_SCHEMA = "uri string, start long, stop long, shard string"
+WORK_SCHEMA = "uri string, start long, stop long, shard string, lane long, rows array<long>"
 
 
 def _download_partition(batches, stage: StageDir, opts):
+    book = {}  # one task: host back-off and cool-down carry from shard to shard
     for batch in batches:
-        yield shard_stats_batch([download_task(WorkItem(**row), stage, opts) for row in batch.to_pylist()])
+        items = [WorkItem(**{**row, "rows": tuple(row["rows"])}) for row in batch.to_pylist()]
+        yield shard_stats_batch([download_task(item, stage, opts, book) for item in items])
+
+
+def _run_spark(spark: SparkSession, stage: StageDir, items: list[WorkItem], opts) -> int:
+    # a lane's items go to one partition (run one after another): a host's lanes bound the tasks reaching it
+    lanes = {lane[0].lane: k for k, lane in enumerate(by_lane(items))}
+    n = min(len(lanes), MAX_TASKS)
+    keyed = [(lanes[i.lane] % n, dataclasses.astuple(i)) for i in items]
+    rdd = spark.sparkContext.parallelize(keyed, n).partitionBy(n, lambda key: key).values()
+    df = spark.createDataFrame(rdd, WORK_SCHEMA)
+    done = df.mapInArrow(partial(_download_partition, stage=stage, opts=opts), SHARD_STATS.spark_schema()).collect()
+    return sum(not r.skipped for r in done)
 
 
 def run(spark: SparkSession | None, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
@@ -35,21 +51,29 @@ def run(spark: SparkSession | None, inputs: str | list[str], output: str, config
         raise ConfigError("[download] engine = 'spark' needs a Spark session")
     stage = StageDir(output, STAGE, config.storage.resolved())
     files = input_files(SPEC, as_list(inputs), stage.storage)
+    plans: dict = {}
+
+    def plan() -> list[WorkItem]:
+        if "items" not in plans:
+            plans["items"] = plan_work(files, opts.rows_per_shard, stage.storage, opts.politeness)
+        return plans["items"]
 
     def work(stage: StageDir, files: list[str]) -> Work:
-        items = plan_work(files, opts.rows_per_shard, stage.storage)
+        items = plan()
+        check_plan(stage, items)  # finished shards of another plan would be counted twice
         log.info("download: %d input files, %d shards (%s engine) -> %s", len(files), len(items), opts.engine, stage.uri)
         if opts.engine == "local":
             written = sum(not s.extra.get("skipped") for s in run_local(stage, items, opts))
         else:
-            task = partial(_download_partition, stage=stage, opts=opts)
-            done = distribute(spark, [dataclasses.astuple(i) for i in items], WORK_SCHEMA, task, SHARD_STATS.spark_schema())
-            written = sum(not r.skipped for r in done)
+            written = _run_spark(spark, stage, items, opts) if items else 0
         log.info("download: wrote %d shards", written)
         return Work({i.shard for i in items}, {"transient": pending_transient(stage)})
 
     def retry_pending(stage: StageDir) -> bool:
-        return opts.retry_transient and pending_transient(stage) > 0
+        if not (opts.retry_transient and pending_transient(stage) > 0):
+            return False
+        check_plan(stage, plan())  # before _SUCCESS goes: a refused rerun leaves a finished stage finished
+        return True
 
     return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale),
                      rerun_complete=retry_pending)

@@ -98,3 +98,15 @@ def annotated_row(i: int, **values) -> dict:
         "image_bytes": None,
     }
     return {**row, **values}
+
+
+@pytest.fixture(scope="session")
+def host_servers():
+    """Three loopback servers on 127.0.0.2, 127.0.0.3, 127.0.0.4 (three hosts for the politeness tests);
+    each counts the connections it serves at once."""
+    from contextlib import ExitStack
+
+    from tests.http_server import LoopbackServer
+
+    with ExitStack() as stack:
+        yield [stack.enter_context(LoopbackServer(f"127.0.0.{k}")) for k in (2, 3, 4)]

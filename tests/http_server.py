@@ -7,6 +7,9 @@ behaviours: 404/429/500/503, a flaky path (503 once, then the image), 429 with a
 once, then the image, slow and dripping responses, a connection reset without a response, redirects
 (to an image, in a loop, to a private address, to cloud metadata), X-Robots-Tag opt-outs, bodies
 without a length, an echo of the User-Agent header, and a distinct photo for every name under /photo/.
+Any path takes ``?delay=S`` (answer after S seconds) and /status/ takes ``?retry_after=V``. Several servers
+on 127.0.0.2, 127.0.0.3 ... play distinct hosts; each counts the connections it serves at once
+(``max_concurrent``).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def retry_after_value(spec: str) -> str:
     return spec
 
 
+@lru_cache(maxsize=1)
 def generated_cases() -> dict[str, tuple[bytes, str]]:
     """name -> (bytes, content type) of the generated edge cases."""
     photo = jpeg(800, 600, seed=1)
@@ -139,9 +143,12 @@ class LoopbackHandler(ImageHandler):
         path, query = parts.path, parse_qs(parts.query)
         self.server.record(self.path)
         self.server.arrived(path)
+        if "delay" in query:
+            time.sleep(float(query["delay"][0]))
         if path.startswith("/status/"):
             code = int(path.rsplit("/", 1)[1])
-            return self.respond(Response(f"status {code}".encode(), "text/plain", code))
+            headers = (("Retry-After", query["retry_after"][0]),) if "retry_after" in query else ()
+            return self.respond(Response(f"status {code}".encode(), "text/plain", code, headers))
         if path.startswith("/flaky/"):  # 503 on the first request of each path, the photo afterwards
             if self.server.first_time(path):
                 return self.respond(Response(b"busy", "text/plain", 503))
@@ -195,12 +202,12 @@ class LoopbackHandler(ImageHandler):
 
 
 class LoopbackServer(ImageServer):
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         routes = {f"/gen/{name}": Response(data, ctype) for name, (data, ctype) in generated_cases().items()}
         for prefix, files in (("/photos/", real_photos()), ("/odd/", odd_files())):
             for name, path in files.items():
                 routes[prefix + name] = Response(path.read_bytes(), _CONTENT_TYPES.get(path.suffix, "image/jpeg"))
-        super().__init__(routes, handler=LoopbackHandler)
+        super().__init__(routes, handler=LoopbackHandler, host=host)
         seen: set[str] = set()
         lock = threading.Lock()
 

@@ -17,6 +17,7 @@ from curation.config import Config, DownloadOptions
 from curation.download import WorkItem, plan_work, read_rows
 from curation.fetch import FetchOptions, is_transient
 from curation.lifecycle import InputNotReadyError
+from curation.politeness import PolitenessOptions
 from curation.stage import StageDir
 from filters.image import ImageRules
 from jobs import download as job
@@ -93,7 +94,9 @@ def test_every_reason_is_produced_and_every_row_is_accounted_for(spark, image_se
     stats = _run(spark, source, tmp_path / "out")
 
     assert stats["rows_in"] == len(urls) == stats["rows_out"] + stats["rejected_total"]
-    assert stats["shards"] == 4  # 2 input files of 11 rows, 7 rows per shard
+    files = StageDir(source, "filter_text").files()
+    planned = plan_work(files, OPTS.rows_per_shard, politeness=OPTS.politeness)  # host lanes, <= 7 rows per shard
+    assert stats["shards"] == len(planned) and max(len(i.rows) for i in planned) <= 7
     stage = StageDir(str(tmp_path / "out"), "download")
     kept, rejected = _by_uid(stage)
     for path, reason in EXPECTED.items():
@@ -197,7 +200,7 @@ def test_s3_output_through_a_moto_server(image_server, tmp_path, s3_server, s3_b
     stats = job.run(None, source, f"s3://{bucket}/runs/download", Config(storage=s3_server, download=opts))
     assert stats["rows_out"] == 1 and stats["transient"] == 1
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/download/")["Contents"]}
-    assert {"runs/download/_SUCCESS", "runs/download/data/part-00000-00000.parquet"} <= keys
+    assert {"runs/download/_SUCCESS", "runs/download/data/part-00000-00000-0000.parquet"} <= keys  # file 0, lane 0, shard 0
     again = job.run(None, source, f"s3://{bucket}/runs/download", Config(storage=s3_server, download=opts))
     assert again["transient"] == 1 and image_server.hits("/status/503") == before + 2  # retried through S3 too
 
@@ -258,3 +261,41 @@ def test_sample_pipeline_serves_its_images_on_loopback_and_downloads_them(spark,
     assert stats["rows_out"] > 0  # real bytes were fetched from the loopback server
     kept = StageDir(str(tmp_path / "run" / "download"), "download").read(table=FETCHED)
     assert all(u.startswith(f"http://127.0.0.1:{port}/images/") for u in kept.column("url").to_pylist())
+
+
+@pytest.mark.parametrize("engine", ["spark", "local"])
+def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(spark, host_servers, tmp_path, engine):
+    for server in host_servers:
+        server.reset_concurrency()
+    big, small, other = host_servers
+    urls = ([big.url(f"/gen/photo.jpg?n=job-{i}&delay=0.05") for i in range(60)]
+            + [small.url(f"/gen/photo.jpg?n=job-{i}&delay=0.05") for i in range(8)]
+            + [other.url(f"/gen/photo.jpg?n=job-{i}") for i in range(8)])
+    source = make_text_ok(tmp_path / "text_ok", urls, files=2)
+    polite = PolitenessOptions(max_connections_per_host=2, tasks_per_host=1, lanes=4)
+    fetch = FetchOptions(timeout_s=20.0, max_transfer_s=30.0, allowed_addresses=("127.0.0.0/8",))  # no timeouts under load
+    opts = DownloadOptions(fetch=fetch, threads=16, rows_per_shard=10,
+                           engine=engine, processes=2, politeness=polite)
+    stats = job.run(spark if engine == "spark" else None, source, str(tmp_path / "out"), Config(download=opts))
+    assert stats["rows_in"] == len(urls) == stats["rows_out"] + stats["rejected_total"]
+    assert stats["rows_out"] == len(urls)
+    assert big.max_concurrent <= 2 * 1  # one lane holds the host: 2 tasks at once, yet never 2 x 2
+    stage = StageDir(str(tmp_path / "out"), "download")
+    markers = stage.completed_shards()
+    assert all(m.rows_in == m.rows_out + m.rejected_total for m in markers.values())
+    assert {"backoff_s", "cooled_rows"} <= set(next(iter(markers.values())).extra["politeness"])
+
+
+def test_a_rerun_with_another_shard_plan_is_refused_and_the_finished_stage_stays_finished(image_server, tmp_path):
+    from curation.download import PlanChangedError
+
+    paths = ["/gen/photo.jpg", "/status/503", "/gen/tiny.jpg"]
+    source = make_text_ok(tmp_path / "text_ok", [image_server.url(p) for p in paths], files=1)
+    local = replace(OPTS, engine="local", processes=1)
+    first = _run(None, source, tmp_path / "out", local)
+    assert first["transient"] == 1  # so a rerun would not stop at "complete"
+    old_plan = replace(local, politeness=replace(local.politeness, tasks_per_host=0))  # slices: other names
+    with pytest.raises(PlanChangedError, match="part-00000-00000-0000"):
+        _run(None, source, tmp_path / "out", old_plan)
+    assert StageDir(str(tmp_path / "out"), "download").is_complete()
+    assert _run(None, source, tmp_path / "out", old_plan, overwrite=True)["rows_in"] == 3

@@ -76,6 +76,9 @@ def _config(root: Path, inputs: list[str]):
             # attempt for transient errors, after the server's Retry-After when it names one <= 5 s
             "fetch": {"timeout_s": 1.0, "max_transfer_s": 1.5, "retries": 1, "retry_backoff_s": 0.1,
                       "max_retry_after_s": 5.0, "allowed_addresses": ["127.0.0.1", "::1"]},
+            # one loopback server plays every host of the corpus: host-level back-off and cool-down would
+            # couple its rows (tests/curation/test_download_politeness.py tests them)
+            "politeness": {"backoff_max_s": 0.0, "failures_before_cooldown": 0},
         },
         "annotate": {"random_models": str(root / "models"), "device": "cpu", "batch_size": 16, "rows_per_shard": 100},
     })  # fmt: skip
