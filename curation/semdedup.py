@@ -72,6 +72,21 @@ def read_file(uri: str, keep_by: str, options: StorageOptions | None = None) -> 
     return pa.table({"uid": table.column("uid"), "score": scores}), emb
 
 
+def check_embeddings(files: list[str], options: StorageOptions | None = None) -> None:
+    """On the driver, before any task: every input file has its img_emb file (one listing per folder)."""
+    wanted = [image_embeddings_of(f) for f in files]
+    present: set[str] = set()
+    for folder in sorted({w.rsplit("/", 1)[0] for w in wanted}):
+        if storage.is_dir(folder, options):
+            present.update(storage.list_files(folder, options, recursive=False))
+    missing = [w for w in wanted if w not in present]
+    if missing:
+        raise InputError(
+            f"semdedup reads image embeddings the annotate stage writes with [annotate] embeddings = \"vitb32\" "
+            f"(or \"vitl14\"): {len(missing)} of {len(wanted)} missing, first {missing[0]}"
+        )
+
+
 def uid_fraction(uids: list[str]) -> np.ndarray:
     """A uniform number in [0, 1) per uid, from its md5: the training sample takes those under f."""
     return np.array([int.from_bytes(hashlib.md5(u.encode()).digest()[:8], "big") / 2.0**64 for u in uids])

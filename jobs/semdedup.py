@@ -25,6 +25,7 @@ from curation.semdedup import (
     apply_task,
     assign,
     binary_matrix,
+    check_embeddings,
     decide_partition,
     embedding_bytes,
     load_centroids,
@@ -147,6 +148,7 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
     opts = config.semdedup
     stage = StageDir(output, STAGE, config.storage.resolved())
     files = input_files(SPEC, as_list(inputs), stage.storage)
+    check_embeddings(files, stage.storage)
     log.info("semdedup: %d input files -> %s (eps %.3f, %d clusters, keep by %s)", len(files), stage.uri, opts.eps,
              opts.clusters, opts.keep_by)
 
