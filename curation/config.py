@@ -143,8 +143,8 @@ class SemdedupOptions:
 
     eps: float = 0.05  # similarity > 1 - eps = duplicate
     clusters: int = 1000  # k-means clusters (fewer when the training sample is smaller)
-    train_sample: int = 50_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
-    iterations: int = 20  # k-means iterations
+    train_sample: int = 40_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
+    iterations: int = 10  # k-means iterations
     seed: int = 0
     keep_by: str = "clip_similarity_vitb32"  # in a group, the row with the highest value is kept (then the smallest uid)
     partitions: int = 0  # Spark partitions of the per-cluster step (0: spark.sql.shuffle.partitions)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import partial
 
 import numpy as np
@@ -113,7 +114,9 @@ def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], co
     todo = [i for i in range(len(files)) if not stage.has_shard(shard_name(i))]
     if not todo:
         return
+    started = time.perf_counter()
     centroids = centroids_for(spark, stage, files, config)
+    log.info("semdedup: %d centroids ready in %.1fs", len(centroids), time.perf_counter() - started)
     assigned = _files(spark, files).mapInArrow(
         partial(_assign_partition, centroids=centroids, keep_by=opts.keep_by, block_rows=opts.block_rows, options=stage.storage),
         ASSIGNED_DDL,
@@ -123,6 +126,7 @@ def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], co
         partial(_decide, eps=opts.eps, block_rows=opts.block_rows), DECISIONS_DDL
     ).localCheckpoint()
     _write_histogram(stage, decisions, opts.histogram_bins)
+    log.info("semdedup: assignment and per-cluster decisions done at %.1fs", time.perf_counter() - started)
     rejected = decisions.where(F.col("kept_uid").isNotNull() & F.col("file_index").isin(todo))
     markers = spark.createDataFrame([(i, None, None, None) for i in todo], "file_index int, uid string, kept_uid string, similarity float")
     written = rejected.select("file_index", "uid", "kept_uid", "similarity").unionByName(markers).repartition(
