@@ -108,3 +108,16 @@ def test_training_sample_depends_on_the_uids_only():
     again, _ = sample_rows(uids[::-1], emb[::-1], 0.1)
     assert sorted(chosen) == sorted(again) and 50 < len(chosen) < 150
     assert [uids[int(r[0])] for r in rows] == chosen
+
+
+def test_the_report_draws_the_nearest_neighbour_histogram_a_semdedup_stage_counted(tmp_path):
+    import json
+
+    from curation.report import stage_histograms
+    from curation.stage import StageDir
+
+    hist = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 4], "rows": 7}
+    (tmp_path / "_stats.json").write_text(json.dumps({"stage": "semdedup", "nn_similarity_histogram": hist}))
+    (tmp_path / "_SUCCESS").write_bytes(b"")
+    [drawn] = stage_histograms(StageDir(str(tmp_path), "semdedup"))
+    assert list(drawn.counts) == [3, 4] and drawn.png.startswith("data:image/png")
