@@ -121,3 +121,11 @@ def test_the_report_draws_the_nearest_neighbour_histogram_a_semdedup_stage_count
     (tmp_path / "_SUCCESS").write_bytes(b"")
     [drawn] = stage_histograms(StageDir(str(tmp_path), "semdedup"))
     assert list(drawn.counts) == [3, 4] and drawn.png.startswith("data:image/png")
+
+
+def test_the_second_sample_config_runs_semdedup_after_annotate_with_embeddings():
+    from curation.config import load_config
+
+    cfg = load_config("configs/sample-semdedup.toml")
+    assert cfg.pipeline.stages[-2:] == ("annotate", "semdedup") and cfg.annotate.embeddings == "vitb32"
+    assert load_config("configs/sample.toml").pipeline.stages == ()  # the default run leaves semdedup out
