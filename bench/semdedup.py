@@ -1,7 +1,10 @@
 """SemDeDup at scale on Spark local[2]: jobs/semdedup.py over synthetic 512-d image embeddings with
 planted duplicate groups, laid out as an annotate stage folder (data/ + img_emb/, curation/embeddings.py).
 
-Rows are unit vectors drawn uniformly on the sphere; ``--planted`` (default 2 %) of the rows belong to
+Unrelated rows lie around ``--topics`` (default 1,000) random topic centres, noise norm ``--spread``
+(0.65: two rows of a topic have a cosine of about 0.7, as CLIP image embeddings of one subject do);
+``--topics 0`` draws them uniformly on the sphere instead, where every row is nearly equidistant from
+all centroids and k-means splits even tight groups (the hard case). ``--planted`` (default 2 %) of the rows belong to
 duplicate groups of 2..4 members, each member = normalise(source + noise), the noise's norm one of
 ``--noise`` levels (default 0.02, 0.1, 0.15, 0.2: pairwise cosine about 0.9996, 0.990, 0.978, 0.962,
 all above 1 - eps = 0.95). Reported per size: wall time of the whole stage (sample, k-means, assignment,
@@ -64,10 +67,21 @@ def plan(n: int, planted: float, noise: list[float], seed: int):
     return group[order], level, np.array(sizes)
 
 
-def write_stage(folder: Path, n: int, dim: int, files: int, planted: float, noise: list[float], seed: int):
+def base_rows(rng, count: int, dim: int, topics: np.ndarray | None, spread: float) -> np.ndarray:
+    """Unrelated rows: uniform on the sphere (no topics), or around a random topic centre (CLIP-like:
+    two rows of one topic have a cosine of about 1 / (1 + spread^2))."""
+    noise = rng.normal(size=(count, dim)).astype(np.float32)
+    if topics is None:
+        return noise
+    return topics[rng.integers(0, len(topics), count)] + noise * (spread / np.sqrt(dim))
+
+
+def write_stage(folder: Path, n: int, dim: int, files: int, planted: float, noise: list[float], seed: int,
+                topics: int = 0, spread: float = 0.65):
     """An annotate stage folder (data/, img_emb/, _stats.json, _SUCCESS) and the per-row planted groups."""
     group, level, sizes = plan(n, planted, noise, seed)
-    sources = normalised(np.random.default_rng(seed + 1).normal(size=(len(sizes), dim)).astype(np.float32))
+    centres = normalised(np.random.default_rng(seed + 2).normal(size=(topics, dim))) if topics else None
+    sources = normalised(base_rows(np.random.default_rng(seed + 1), len(sizes), dim, centres, spread))
     (folder / "data").mkdir(parents=True)
     (folder / "img_emb").mkdir()
     per = -(-n // files)
@@ -76,9 +90,10 @@ def write_stage(folder: Path, n: int, dim: int, files: int, planted: float, nois
         rows = slice(f * per, min(n, (f + 1) * per))
         rng = np.random.default_rng([seed, f])
         g = group[rows]
-        emb = rng.normal(size=(len(g), dim)).astype(np.float32)
+        emb = base_rows(rng, len(g), dim, centres, spread)
         member = g >= 0
-        emb[member] = sources[g[member]] + emb[member] * (level[g[member]] / np.sqrt(dim))[:, None]
+        jitter = rng.normal(size=(int(member.sum()), dim)).astype(np.float32)
+        emb[member] = sources[g[member]] + jitter * (level[g[member]] / np.sqrt(dim))[:, None]
         table = pa.table({"uid": uids[rows], "clip_similarity_vitb32": rng.random(len(g)).astype(np.float32)})
         pq.write_table(table, folder / "data" / f"part-{f:05d}-0000.parquet")
         (folder / "img_emb" / f"img_emb_{f:05d}0000.npy").write_bytes(npy_bytes(normalised(emb).astype(np.float16)))
@@ -106,7 +121,8 @@ def rejected_of(out: Path) -> dict[str, str]:
 def run_size(spark, root: Path, n: int, args, cfg: Config) -> dict:
     src = root / f"annotate-{n}"
     started = time.perf_counter()
-    uids, group = write_stage(src, n, args.dim, max(1, n // args.rows_per_file), args.planted, args.noise, args.seed)
+    uids, group = write_stage(src, n, args.dim, max(1, n // args.rows_per_file), args.planted, args.noise, args.seed,
+                              args.topics, args.spread)
     generated = time.perf_counter() - started
     started = time.perf_counter()
     stats = job.run(spark, [str(src)], str(root / f"semdedup-{n}"), cfg, overwrite=True)
@@ -120,7 +136,8 @@ def run_size(spark, root: Path, n: int, args, cfg: Config) -> dict:
 def subset_check(spark, root: Path, args, cfg: Config) -> dict:
     n = args.subset
     src = root / "subset"
-    uids, _ = write_stage(src, n, args.dim, max(1, n // args.rows_per_file), args.planted, args.noise, args.seed + 7)
+    uids, _ = write_stage(src, n, args.dim, max(1, n // args.rows_per_file), args.planted, args.noise, args.seed + 7,
+                          args.topics, args.spread)
     job.run(spark, [str(src)], str(root / "subset-out"), cfg, overwrite=True)
     stage_decisions = rejected_of(root / "subset-out")
     tables = [pq.read_table(p) for p in sorted((src / "data").glob("*.parquet"))]
@@ -147,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--planted", type=float, default=0.02)
     ap.add_argument("--noise", type=float, nargs="+", default=[0.02, 0.1, 0.15, 0.2])
+    ap.add_argument("--topics", type=int, default=1000, help="topic centres of the unrelated rows (0: uniform on the sphere)")
+    ap.add_argument("--spread", type=float, default=0.65, help="noise norm around a topic centre")
     ap.add_argument("--rows-per-file", type=int, default=20_000)
     ap.add_argument("--eps", type=float, default=SemdedupOptions.eps)
     ap.add_argument("--clusters", type=int, default=SemdedupOptions.clusters)
@@ -163,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                "spark.driver.memory": "3g"})
     root = Path(tempfile.mkdtemp(prefix="bench-semdedup-", dir=os.environ.get("BENCH_TMP")))
     try:
-        report = {"subset": subset_check(spark, root, args, cfg) if args.subset else {"equal": None}}
+        report = {"sizes": [run_size(spark, root, n, args, cfg) for n in args.sizes]}
+        report["subset"] = subset_check(spark, root, args, cfg) if args.subset else {"equal": None}
         log.warning("subset: %s", report["subset"])
-        report["sizes"] = [run_size(spark, root, n, args, cfg) for n in args.sizes]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(report, indent=2))
