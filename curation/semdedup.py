@@ -19,6 +19,7 @@ Each row's nearest-neighbour similarity within its cluster is counted into a his
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import numpy as np
@@ -230,11 +231,29 @@ def decide_partition(table: pa.Table, eps: float, block_rows: int) -> pa.Table:
     })
 
 
-def histogram(nn_similarity: np.ndarray, bins: int) -> dict:
-    """Counts of nearest-neighbour similarity over [-1, 1] (rows alone in their cluster are left out)."""
-    values = nn_similarity[nn_similarity > -1.0]
-    counts, edges = np.histogram(values, bins=bins, range=(-1.0, 1.0))
-    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(), "rows": int(len(values))}
+HISTOGRAM = "_work/nn_similarity_histogram.json"
+
+
+def write_histogram(stage: StageDir, counts: dict[int, int], bins: int) -> None:
+    """Nearest-neighbour cosine counts per bin of [-1, 1] (rows alone in their cluster left out)."""
+    values = [int(counts.get(k, 0)) for k in range(bins)]
+    edges = [round(-1.0 + 2.0 * k / bins, 6) for k in range(bins + 1)]
+    text = json.dumps({"edges": edges, "counts": values, "rows": sum(values)})
+    storage.write_bytes_atomic(stage.path(HISTOGRAM), text.encode(), stage.storage)
+
+
+def read_histogram(stage: StageDir) -> dict | None:
+    uri = stage.path(HISTOGRAM)
+    return json.loads(storage.read_bytes(uri, stage.storage)) if storage.exists(uri, stage.storage) else None
+
+
+def total_rows(files: list[str], options: StorageOptions | None = None) -> int:
+    total = 0
+    for uri in files:
+        fs, path = storage.filesystem(uri, options)
+        with fs.open_input_file(path) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
 
 
 # --- one output shard ------------------------------------------------------------------------------

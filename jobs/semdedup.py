@@ -4,7 +4,6 @@ cluster -> one output shard per input file)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from functools import partial
@@ -15,33 +14,18 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from curation import storage
 from curation.config import Config
 from curation.lifecycle import Work, input_files, run_stage
 from curation.semdedup import (
-    ASSIGNED_DDL,
-    DECISIONS_DDL,
-    SPEC,
-    STAGE,
-    apply_task,
-    assign,
-    binary_matrix,
-    check_embeddings,
-    decide_partition,
-    embedding_bytes,
-    load_centroids,
-    read_file,
-    sample_rows,
-    save_centroids,
-    shard_name,
-    train_centroids,
+    ASSIGNED_DDL, DECISIONS_DDL, SPEC, STAGE, apply_task, assign, binary_matrix, check_embeddings, decide_partition,
+    embedding_bytes, load_centroids, read_file, read_histogram, sample_rows, save_centroids, shard_name, total_rows,
+    train_centroids, write_histogram,
 )
 from curation.stage import StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, run_context, whole_partition
 from schemas import SHARD_STATS
 
 log = logging.getLogger(__name__)
-HISTOGRAM = "_work/nn_similarity_histogram.json"
 
 
 def _files(spark: SparkSession, files: list[str]) -> DataFrame:
@@ -90,7 +74,7 @@ def centroids_for(spark: SparkSession, stage: StageDir, files: list[str], config
     saved = load_centroids(stage)
     if saved is not None:
         return saved
-    total = sum(storage_rows(f, stage) for f in files)
+    total = total_rows(files, stage.storage)
     fraction = min(1.0, opts.train_sample / max(total, 1))
     sample = _files(spark, files).mapInArrow(
         partial(_sample_partition, fraction=fraction, keep_by=opts.keep_by, options=stage.storage), "uid string, emb binary"
@@ -99,14 +83,6 @@ def centroids_for(spark: SparkSession, stage: StageDir, files: list[str], config
     centroids = train_centroids(binary_matrix(sample.column("emb")), opts.clusters, opts.iterations, opts.seed)
     save_centroids(stage, centroids)
     return centroids
-
-
-def storage_rows(uri: str, stage: StageDir) -> int:
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(uri, stage.storage)
-    with fs.open_input_file(path) as fh:
-        return pq.ParquetFile(fh).metadata.num_rows
 
 
 def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], config: Config) -> None:
@@ -125,7 +101,7 @@ def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], co
     decisions = assigned.repartition(partitions, "cluster").mapInArrow(
         partial(_decide, eps=opts.eps, block_rows=opts.block_rows), DECISIONS_DDL
     ).localCheckpoint()
-    _write_histogram(stage, decisions, opts.histogram_bins)
+    _histogram(stage, decisions, opts.histogram_bins)
     log.info("semdedup: assignment and per-cluster decisions done at %.1fs", time.perf_counter() - started)
     rejected = decisions.where(F.col("kept_uid").isNotNull() & F.col("file_index").isin(todo))
     markers = spark.createDataFrame([(i, None, None, None) for i in todo], "file_index int, uid string, kept_uid string, similarity float")
@@ -135,16 +111,11 @@ def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], co
     log.info("semdedup: wrote %d shards (%d clusters)", sum(not r.skipped for r in written), len(centroids))
 
 
-def _write_histogram(stage: StageDir, decisions: DataFrame, bins: int) -> None:
-    """Counts of each row's nearest-neighbour similarity in its cluster, over [-1, 1] in ``bins`` bins."""
-    alone = F.col("nn_similarity") <= -1.0
+def _histogram(stage: StageDir, decisions: DataFrame, bins: int) -> None:
+    """Each row's nearest-neighbour cosine in its cluster, counted per bin of [-1, 1]."""
     index = F.least(F.floor((F.col("nn_similarity") + 1.0) / 2.0 * bins).cast("int"), F.lit(bins - 1))
-    counts = np.zeros(bins, np.int64)
-    for row in decisions.where(~alone).groupBy(index.alias("bin")).count().collect():
-        counts[row["bin"]] = row["count"]
-    edges = [round(-1.0 + 2.0 * k / bins, 6) for k in range(bins + 1)]
-    text = json.dumps({"edges": edges, "counts": counts.tolist(), "rows": int(counts.sum())})
-    storage.write_bytes_atomic(stage.path(HISTOGRAM), text.encode(), stage.storage)
+    rows = decisions.where(F.col("nn_similarity") > -1.0).groupBy(index.alias("bin")).count().collect()
+    write_histogram(stage, {r["bin"]: r["count"] for r in rows}, bins)
 
 
 def run(spark: SparkSession, inputs: str | list[str], output: str, config: Config, overwrite: bool = False,
@@ -158,11 +129,9 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
 
     def work(stage: StageDir, files: list[str]) -> Work:
         _decide_and_apply(spark, stage, files, config)
-        path = stage.path(HISTOGRAM)
-        hist = json.loads(storage.read_bytes(path, stage.storage)) if storage.exists(path, stage.storage) else None
         centroids = load_centroids(stage)
         extra = {"clusters": 0 if centroids is None else len(centroids), "eps": opts.eps, "keep_by": opts.keep_by,
-                 "nn_similarity_histogram": hist}
+                 "nn_similarity_histogram": read_histogram(stage)}
         return Work({shard_name(i) for i in range(len(files))}, extra)
 
     settings = {"semdedup": config.to_dict()["semdedup"]}
