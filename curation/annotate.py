@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.embeddings import EMBEDDING_MODELS, write_embeddings
 from curation.errors import InputError
 from curation.lifecycle import StageSpec
 from curation.stage import DATA, REJECTED_DIR, ShardStats, StageDir, read_parquet, rejected_table
@@ -145,22 +146,40 @@ def null_counts(table: pa.Table) -> dict[str, int]:
     return {c: table.column(c).null_count for c in SCORE_COLUMNS}
 
 
+def embedding_section(choice: str, models: ModelsConfig) -> str | None:
+    """[annotate] embeddings -> the CLIP section whose embeddings are written (None: none)."""
+    if choice == "auto":
+        return "clip_vitb32" if models.clip_vitb32 else None
+    if choice == "none":
+        return None
+    section = EMBEDDING_MODELS[choice]
+    if getattr(models, section) is None:
+        raise InputError(f"[annotate] embeddings = {choice!r} but [{section}] is not configured in the models file")
+    return section
+
+
 def annotate_task(
     stage: StageDir,
     chunk: Chunk,
     models: ModelsConfig,
     run: RunOptions,
     id_bits: int = ID_BITS,
+    embeddings: str | None = None,
 ) -> ShardStats:
-    """Annotate one chunk into its shard (skipped when its marker exists)."""
+    """Annotate one chunk into its shard (skipped when its marker exists). ``embeddings``: the CLIP
+    section whose image/text embeddings are written (curation/embeddings.py), before the marker."""
     if stage.has_shard(chunk.shard):
         return ShardStats(chunk.shard, 0, 0, extra={"skipped": True})
     runner = get_runner(models, run, stage.storage)
     table = read_chunk(chunk, stage.storage)
     started = time.perf_counter()
-    scored = runner.score(table.column("image_bytes").to_pylist(), table.column("text").to_pylist())
+    keys = (f"{embeddings}.image_embedding", f"{embeddings}.text_embedding") if embeddings else ()
+    scored = runner.score(table.column("image_bytes").to_pylist(), table.column("text").to_pylist(), features=keys)
     elapsed = time.perf_counter() - started
     kept = annotated_table(table, scored, id_bits)
+    if embeddings:
+        image, text = (scored.features[k] for k in keys)
+        write_embeddings(stage.uri, chunk.shard, kept, image, text, stage.storage)
     extra = {
         "file": chunk.uri,
         "rows": [chunk.start, chunk.stop],

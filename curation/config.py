@@ -102,6 +102,7 @@ class ReportOptions:
 
 
 ANNOTATE_DEVICES = ("auto", "cpu", "cuda")
+ANNOTATE_EMBEDDINGS = ("auto", "vitb32", "vitl14", "none")
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,15 @@ class AnnotateOptions:
     decode_workers: int = 4  # decode/resize threads per Python worker (one batch ahead of the models)
     rows_per_shard: int = 10_000  # input rows per task and output shard
     id_bits: int = 63  # ids are the top id_bits bits of md5(uid); 63 = non-negative long (tests use fewer)
+    # CLIP embeddings written per shard in clip-retrieval's layout (img_emb/, text_emb/, metadata/):
+    # "vitb32" | "vitl14" | "none"; "auto": vitb32 when that model is configured, else none
+    embeddings: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in ANNOTATE_DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"[annotate] device {self.device!r}: use one of {list(ANNOTATE_DEVICES)} or cuda:N")
+        if self.embeddings not in ANNOTATE_EMBEDDINGS:
+            raise ConfigError(f"[annotate] embeddings {self.embeddings!r}: use one of {list(ANNOTATE_EMBEDDINGS)}")
         if min(self.batch_size, self.decode_workers, self.rows_per_shard) < 1 or not 1 <= self.id_bits <= 63:
             raise ConfigError("[annotate] batch_size, decode_workers, rows_per_shard >= 1 and 1 <= id_bits <= 63")
 
@@ -133,6 +139,28 @@ class DedupOptions:
 
 
 @dataclass(frozen=True)
+class SemdedupOptions:
+    """SemDeDup on the annotate stage's image embeddings: spherical k-means, then within each cluster a
+    row whose cosine similarity to a kept row exceeds 1 - eps is rejected (semantic_duplicate)."""
+
+    eps: float = 0.05  # similarity > 1 - eps = duplicate
+    clusters: int = 1000  # k-means clusters (fewer when the training sample is smaller)
+    train_sample: int = 40_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
+    iterations: int = 10  # k-means iterations
+    seed: int = 0
+    keep_by: str = "clip_similarity_vitb32"  # in a group, the row with the highest value is kept (then the smallest uid)
+    partitions: int = 0  # Spark partitions of the per-cluster step (0: spark.sql.shuffle.partitions)
+    block_rows: int = 2048  # rows per block of the blocked similarity products
+    histogram_bins: int = 50  # nearest-neighbour similarity histogram in _stats.json (the report draws it)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eps < 1.0:
+            raise ConfigError("[semdedup] eps must be in (0, 1)")
+        if min(self.clusters, self.train_sample, self.iterations, self.block_rows, self.histogram_bins) < 1 or self.partitions < 0:
+            raise ConfigError("[semdedup] clusters, train_sample, iterations, block_rows, histogram_bins >= 1, partitions >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     storage: StorageOptions = StorageOptions()
     spark: SparkOptions = SparkOptions()
@@ -144,6 +172,7 @@ class Config:
     report: ReportOptions = ReportOptions()
     annotate: AnnotateOptions = AnnotateOptions()
     dedup: DedupOptions = DedupOptions()
+    semdedup: SemdedupOptions = SemdedupOptions()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -317,6 +317,8 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
     dirs = [StageDir(storage.join(run_root, s.name), s.name, options) for s in stages]
     for i, (stage, summary) in enumerate(zip(dirs, stages)):
         report.rejections += rejection_summaries(stage, dirs[i - 1] if i else None, summary.rejected, opts)
+    for stage in dirs:
+        report.histograms += stage_histograms(stage)
     annotated = _annotated(dirs)
     if annotated is None:
         report.notes.append("no stage holds annotated rows yet: score histograms and presets need the annotate stage")
@@ -332,6 +334,16 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
     presets = presets if presets is not None else load_presets(cfg.select.preset_file)
     report.presets = preset_summaries(engine, presets, schema, opts)
     return report
+
+
+def stage_histograms(stage: StageDir) -> list[Histogram]:
+    """Histograms a stage counted itself (semdedup: each row's nearest-neighbour cosine in its cluster)."""
+    hist = stage.stats().get("nn_similarity_histogram") if stage.is_complete() else None
+    if not hist or not hist.get("rows"):
+        return []
+    title = f"{stage.stage}: nearest-neighbour cosine"
+    edges, counts = np.array(hist["edges"]), np.array(hist["counts"])
+    return [Histogram(title, edges, counts, histogram_chart(title, edges, counts))]
 
 
 RANDOM_MARK = "RANDOM-WEIGHT"

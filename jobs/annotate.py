@@ -21,6 +21,7 @@ from curation.annotate import (
     Chunk,
     annotate_task,
     collision_groups,
+    embedding_section,
     ids_of_file,
     plan_chunks,
     reassign_ids,
@@ -59,9 +60,9 @@ def resolve_models(config: Config) -> ModelsConfig:
     return models
 
 
-def _annotate_partition(batches, stage: StageDir, models: ModelsConfig, run: RunOptions, id_bits: int):
+def _annotate_partition(batches, stage: StageDir, models: ModelsConfig, run: RunOptions, id_bits: int, embeddings: str | None):
     for batch in batches:
-        yield shard_stats_batch([annotate_task(stage, Chunk(**r), models, run, id_bits) for r in batch.to_pylist()])
+        yield shard_stats_batch([annotate_task(stage, Chunk(**r), models, run, id_bits, embeddings) for r in batch.to_pylist()])
 
 
 def _ids_partition(batches, options):
@@ -109,6 +110,7 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
     run_opts = RunOptions(device=opts.device, batch_size=opts.batch_size, decode_workers=opts.decode_workers,
                           cpu_threads=cpu_threads)
     columns = describe_columns(models)
+    embeddings = embedding_section(opts.embeddings, models)
 
     def work(stage: StageDir, files: list[str]) -> Work:
         chunks = plan_chunks(files, opts.rows_per_shard, stage.storage)
@@ -117,13 +119,15 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
         log.info("annotate: %d input files, %d chunks to do -> %s", len(files), len(todo), stage.uri)
         for col, what in columns.items():
             log.info("  %-26s %s", col, what)
-        task = partial(_annotate_partition, stage=stage, models=models, run=run_opts, id_bits=opts.id_bits)
+        task = partial(_annotate_partition, stage=stage, models=models, run=run_opts, id_bits=opts.id_bits, embeddings=embeddings)
         written = distribute(spark, [dataclasses.astuple(c) for c in todo], CHUNK_DDL, task, SHARD_STATS.spark_schema())
         log.info("annotate: wrote %d shards", sum(not r.skipped for r in written))
         planned = {c.shard for c in chunks}
         stage.require_markers(planned)
         moved = fix_id_collisions(spark, stage, opts.id_bits)
-        return Work(planned, {**stats_extra(stage, columns, run_opts), "id_collisions_resolved": moved})
+        extra = {**stats_extra(stage, columns, run_opts), "id_collisions_resolved": moved, "embeddings": embeddings}
+        return Work(planned, extra)
 
     return run_stage(SPEC, stage, files, work, config=config.to_dict(), context=run_context(spark, overwrite, redo_stale),
-                     settings={"models": [dataclasses.asdict(models)] if dataclasses.is_dataclass(models) else str(models)})
+                     settings={"models": [dataclasses.asdict(models)] if dataclasses.is_dataclass(models) else str(models),
+                               "embeddings": embeddings})

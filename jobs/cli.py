@@ -251,6 +251,30 @@ def annotate(
     _print_stats(stats)  # what fills each column was logged as the stage started
 
 
+@app.command()
+def semdedup(
+    input: Annotated[list[str], typer.Option("--input", "-i", help="annotate stage folder (written with [annotate] embeddings); local or s3://.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
+    eps: Annotated[Optional[float], typer.Option("--eps", help="Similarity > 1 - eps is a duplicate (default 0.05).")] = None,
+    clusters: Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters (default 1000).")] = None,
+    config: ConfigOpt = None,
+    master: MasterOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """SemDeDup: k-means on the CLIP image embeddings, then drop rows within 1 - eps of a kept row in their cluster."""
+    from jobs import semdedup as job
+
+    overrides = {
+        "spark": {"master": master},
+        "storage": {"s3_endpoint_url": s3_endpoint},
+        "semdedup": {"eps": eps, "clusters": clusters},
+    }
+    _, stats = _run_job("semdedup", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
+    _print_stats(stats)
+
+
 models_app = typer.Typer(help="Scoring models: write random-weight checkpoints, check a MODELS.toml.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

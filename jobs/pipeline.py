@@ -30,7 +30,11 @@ STAGES = {
     "download": "jobs.download",
     "dedup": "jobs.dedup",
     "annotate": "jobs.annotate",
+    "semdedup": "jobs.semdedup",
 }
+# run only when [pipeline] stages names them; the default (empty) list is every other stage
+OPTIONAL_STAGES = ("semdedup",)
+DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 
 
 def folder_of(stage_name: str) -> str:
@@ -65,7 +69,7 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
     root = storage.absolute(cfg.pipeline.run_root)
     opts = cfg.storage.resolved()
     storage.check_shared(root, spark.sparkContext.master, opts, "[pipeline] run_root")
-    wanted = list(cfg.pipeline.stages) or list(STAGES)
+    wanted = list(cfg.pipeline.stages) or list(DEFAULT_STAGES)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
         raise ConfigError(f"[pipeline] stages: unknown stage(s) {unknown}; the pipeline has {list(STAGES)}")

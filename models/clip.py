@@ -140,6 +140,9 @@ class ClipScorer:
         text = self.encode_texts(batch.texts)
         if self.share_as:
             batch.features[self.share_as] = image
+        # the annotate stage's embeddings output ([annotate] embeddings) reads these two
+        batch.features[f"{self.name}.image_embedding"] = image
+        batch.features[f"{self.name}.text_embedding"] = text
         similarity = (image * text).sum(dim=-1)
         return {self.columns[0]: similarity.cpu().numpy().astype(np.float32)}
 

@@ -59,6 +59,7 @@ class Scored:
     errors: list[str | None]  # per input row: why it could not be decoded
     columns: dict[str, np.ndarray]  # per scored row (rows where ok), in input order
     seconds: dict[str, float] = field(default_factory=dict)
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # per scored row: the asked batch.features
 
 
 def _ordered(scorers: list[Scorer]) -> list[Scorer]:
@@ -158,8 +159,9 @@ class AnnotationRunner:
             out.update(result)
         return out
 
-    def score(self, images: list[bytes | None], texts: list[str]) -> Scored:
-        """Score every row; rows whose image does not decode are reported in ``errors``, not scored."""
+    def score(self, images: list[bytes | None], texts: list[str], features: tuple[str, ...] = ()) -> Scored:
+        """Score every row; rows whose image does not decode are reported in ``errors``, not scored.
+        ``features``: batch.features keys (e.g. ``clip_vitb32.image_embedding``) returned as float32 arrays."""
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         self.load()
@@ -168,6 +170,7 @@ class AnnotationRunner:
         seconds: dict[str, float] = {}
         errors: list[str | None] = []
         parts: list[dict[str, np.ndarray]] = []
+        kept: list[dict[str, np.ndarray]] = []
         pending: Future | None = self._prefetch.submit(self._prepare, images[:bs]) if starts else None
         for k, start in enumerate(starts):
             waited = time.perf_counter()
@@ -186,9 +189,11 @@ class AnnotationRunner:
                 sizes=[prepared[i][1] for i in ok_rows],
             )
             parts.append(self.score_batch(batch, seconds))
+            kept.append(_features(batch, features))
         columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in self.columns}
         ok = np.array([e is None for e in errors], dtype=bool)
-        return Scored(ok=ok, errors=errors, columns=columns, seconds=seconds)
+        feats = {k: np.concatenate([f[k] for f in kept]) if kept else np.zeros((0, 0), np.float32) for k in features}
+        return Scored(ok=ok, errors=errors, columns=columns, seconds=seconds, features=feats)
 
     def close(self) -> None:
         for pool in (self._pool, self._prefetch):
@@ -196,6 +201,13 @@ class AnnotationRunner:
                 pool.shutdown(wait=True)
         self._pool = self._prefetch = None
         self.loaded = False
+
+
+def _features(batch: ImageTextBatch, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    missing = [k for k in keys if k not in batch.features]
+    if missing:
+        raise ModelError(f"no scorer provides {missing}; provided: {sorted(batch.features)}")
+    return {k: batch.features[k].float().cpu().numpy() for k in keys}
 
 
 _RUNNERS: dict[tuple, AnnotationRunner] = {}

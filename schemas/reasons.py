@@ -51,6 +51,8 @@ class Reason(StrEnum):
     NEAR_DUPLICATE = "near_duplicate"
     EVAL_SET_MATCH = "eval_set_match"
     DUPLICATE_PAIR = "duplicate_pair"
+    # semdedup
+    SEMANTIC_DUPLICATE = "semantic_duplicate"  # CLIP image embedding within 1 - eps of a kept row's; detail = kept uid, similarity
 
     @classmethod
     def values(cls) -> list[str]:

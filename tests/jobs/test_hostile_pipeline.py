@@ -22,7 +22,7 @@ from tests.data.hostile import build
 
 log = logging.getLogger(__name__)
 
-STAGES = list(pipeline.STAGES)  # extract, filter-text, download, dedup, annotate
+STAGES = list(pipeline.DEFAULT_STAGES)  # extract, filter-text, download, dedup, annotate
 KEPT = "kept"
 # what issue 9 asks the corpus to hold: category -> ids of cases.toml that cover it
 REQUIRED = {

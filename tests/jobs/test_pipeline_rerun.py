@@ -21,7 +21,7 @@ from jobs import pipeline
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
-ORDER = list(pipeline.STAGES)
+ORDER = list(pipeline.DEFAULT_STAGES)
 
 
 def _config(tmp_path, crawl: str, **pipeline_keys):

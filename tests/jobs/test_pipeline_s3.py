@@ -91,7 +91,7 @@ def test_the_whole_pipeline_runs_on_s3_like_it_runs_locally(spark, s3_server, s3
     assert any(k.startswith("run/dedup/_work/hashed/") for k in keys)
     assert json.loads(client.get_object(Bucket=bucket, Key="run/_manifest.json")["Body"].read())["stages"] == manifest["stages"]
     assert b"annotate" in client.get_object(Bucket=bucket, Key="run/report.html")["Body"].read()
-    assert list(manifest["stages"]) == list(pipeline.STAGES)
+    assert list(manifest["stages"]) == list(pipeline.DEFAULT_STAGES)
     for name, stats in manifest["stages"].items():
         stage = StageDir(storage.join(root, name), name, s3_server)
         assert f"run/{name}/_SUCCESS" in keys and f"run/{name}/_stats.json" in keys
