@@ -30,7 +30,10 @@ def _config(tmp_path, crawl: str, **pipeline_keys):
         {
             "pipeline": {"run_root": str(tmp_path / "run"), "sample": False, "inputs": [crawl], **pipeline_keys},
             "annotate": {"random_models": str(tmp_path / "models"), "rows_per_shard": 20},
-            "download": {"rows_per_shard": 20, "threads": 8},
+            # one loopback server plays every host: no host back-off or cool-down, or rows cooled without a
+            # request would meet the server's "first request fails" on the rerun instead
+            "download": {"rows_per_shard": 20, "threads": 8,
+                         "politeness": {"backoff_max_s": 0.0, "failures_before_cooldown": 0}},
             "dedup": {"rules": {"key": "phash", "max_distance": 0}},
         },
     )
