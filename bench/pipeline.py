@@ -2,7 +2,8 @@
 
 Each size runs in a fresh process (its own Spark JVM, so driver memory is per size): the sample at
 ``--pages`` pages (distinct images grow with it: pages // 2, at least 150), its images served on loopback,
-tiny random-weight models, ``local[N]``. A sampler thread polls /proc every 0.2 s for the peak RSS of
+tiny random-weight models, ``local[N]``. Every image is drawn once, up front, into ``--image-cache`` (kept
+between runs) by ``--cores`` processes, so the timed download stage fetches and filters, not draws. A sampler thread polls /proc every 0.2 s for the peak RSS of
 the driver (this Python process + its JVM) and of the Python workers, per stage. Printed per stage and
 size: rows in/out, wall seconds, rows/s per core, peak RSS, and the cost per input row (wall / rows_in)
 relative to the smallest size. No wall-clock target is asserted anywhere; the README keeps the table.
@@ -107,7 +108,35 @@ class Observer:
         }
 
 
-def run_one(pages: int, cores: int, folder: str) -> dict:
+def _draw(args: tuple[str, str]) -> int:
+    from curation.images_sample import cached_image
+
+    return len(cached_image(*args))
+
+
+def draw_images(pages: int, cache: str, cores: int) -> None:
+    """Every image the largest sample links to, drawn into ``cache`` up front by ``cores`` processes (kept
+    between runs), so the timed download stage measures fetching and filtering, not drawing test images."""
+    sys.path.insert(0, str(REPO))
+    from multiprocessing import Pool
+
+    from curation.images_sample import cache_folder, sample_name
+    from curation.sample import image_count
+
+    folder = cache_folder(cache, 0)
+    todo = [(folder, sample_name(i)) for i in range(image_count(pages))
+            if not os.path.exists(os.path.join(folder, sample_name(i)))]
+    if not todo:
+        return
+    print(f"drawing {len(todo):,} sample images into {folder} ({cores} processes)", flush=True)
+    started = time.perf_counter()
+    with Pool(cores) as pool:
+        for done, _ in enumerate(pool.imap_unordered(_draw, todo, chunksize=16), 1):
+            if done % 1000 == 0:
+                print(f"  {done:,} / {len(todo):,} images, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def run_one(pages: int, cores: int, folder: str, cache: str) -> dict:
     """One size, in this process: the sample pipeline with its stages observed."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     sys.path.insert(0, str(REPO))
@@ -123,7 +152,8 @@ def run_one(pages: int, cores: int, folder: str) -> dict:
     cfg = load_config(
         str(REPO / "configs" / "sample.toml"),
         {
-            "pipeline": {"run_root": folder, "sample_pages": pages, "sample_image_port": port},
+            "pipeline": {"run_root": folder, "sample_pages": pages, "sample_image_port": port,
+                         "sample_image_cache": cache},
             "annotate": {"random_models": os.path.join(folder, "models"), "rows_per_shard": 2_000},
             "spark": {"master": f"local[{cores}]"},
             "extract": {"rows_per_shard": 50_000},
@@ -163,17 +193,21 @@ def main() -> None:
     parser.add_argument("--pages", type=int, nargs="+", default=[300, 3000, 30000])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--image-cache", default=str(REPO / "bench" / "out" / "images"),
+                        help="folder the sample images are drawn into once and served from (default: %(default)s)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one size in this process
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.cores, args.folder)))
+        print(json.dumps(run_one(args.one, args.cores, args.folder, args.image_cache)))
         return
+    draw_images(max(args.pages), args.image_cache, args.cores)
     results = []
     for pages in args.pages:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
             done = subprocess.run(
-                [sys.executable, __file__, "--one", str(pages), "--cores", str(args.cores), "--folder", folder],
+                [sys.executable, __file__, "--one", str(pages), "--cores", str(args.cores), "--folder", folder,
+                 "--image-cache", args.image_cache],
                 capture_output=True, text=True, check=False,
             )
             if done.returncode != 0:

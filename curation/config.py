@@ -45,6 +45,9 @@ class PipelineOptions:
     sample_pages: int = 300
     stages: tuple[str, ...] = ()  # empty: every stage the pipeline has, in order
     sample_image_port: int = 8765  # sample = true: the loopback port its images are served on
+    # sample = true: a local folder its images are drawn into and served from (kept, reused by later runs);
+    # default: a temporary folder removed after the run. The serving driver never holds image bytes.
+    sample_image_cache: str | None = None
     # a stage built from another version of its input (an upstream stage changed on a rerun) is redone;
     # false: the run stops with an error naming the stale stage
     redo_stale: bool = True
@@ -268,7 +271,8 @@ def absolute_paths(cfg: Config) -> Config:
     return replace(
         cfg,
         pipeline=replace(cfg.pipeline, run_root=absolute(cfg.pipeline.run_root),
-                         inputs=tuple(absolute(i) for i in cfg.pipeline.inputs)),
+                         inputs=tuple(absolute(i) for i in cfg.pipeline.inputs),
+                         sample_image_cache=maybe(cfg.pipeline.sample_image_cache)),
         extract=replace(cfg.extract, paths_base=maybe(cfg.extract.paths_base)),
         filter_text=replace(cfg.filter_text, rules=rules),
         annotate=replace(cfg.annotate, models=maybe(cfg.annotate.models), random_models=maybe(cfg.annotate.random_models)),

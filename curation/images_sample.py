@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -242,18 +243,26 @@ def _headers(name: str) -> tuple[tuple[str, str], ...]:
 
 
 class SampleRoutes(Mapping[str, Response]):
-    """``/images/<name>`` -> its response, for :class:`ImageServer`. An image is drawn on its first request
-    and kept: a run that fetches none (a resumed pipeline past its download stage) draws none."""
+    """``/images/<name>`` -> its response, for :class:`ImageServer`. An image is drawn on its first request:
+    a run that fetches none (a resumed pipeline past its download stage) draws none.
 
-    def __init__(self, names: list[str] | None = None, seed: int = 0) -> None:
+    With ``cache_dir`` a drawn image is written there (atomically) and read back on later requests, so
+    the serving process holds no image bytes however large the sample (a 30,000-page sample draws 15,000
+    images, about 2.3 GB); a folder filled earlier (``bench/pipeline.py`` draws every image up front) is
+    served as it is. Without it, drawn images are kept in memory (fine for the 150 of the default sample)."""
+
+    def __init__(self, names: list[str] | None = None, seed: int = 0, cache_dir: str | None = None) -> None:
         wanted = names if names is not None else [sample_name(i) for i in range(N_SAMPLE_IMAGES)]
         self._names = {f"/images/{name}": name for name in wanted}
         self._seed = seed
+        self._cache = None if cache_dir is None else cache_folder(cache_dir, seed)
         self._drawn: dict[str, Response] = {}  # handler threads may draw one twice: same bytes, no harm
 
     def __getitem__(self, path: str) -> Response:
+        name = self._names[path]
+        if self._cache is not None:
+            return Response(cached_image(self._cache, name, self._seed), headers=_headers(name))
         if path not in self._drawn:
-            name = self._names[path]
             self._drawn[path] = Response(sample_image(sample_index(name), self._seed), headers=_headers(name))
         return self._drawn[path]
 
@@ -264,6 +273,31 @@ class SampleRoutes(Mapping[str, Response]):
         return len(self._names)
 
 
-def sample_routes(names: list[str] | None = None, seed: int = 0) -> SampleRoutes:
-    """``/images/<name>`` -> its response, for :class:`ImageServer` (each image drawn when first asked for)."""
-    return SampleRoutes(names, seed)
+CACHE_VERSION = 1  # bump when sample_image draws other bytes, so an old cache is never served
+
+
+def cache_folder(cache_dir: str, seed: int) -> str:
+    return os.path.join(cache_dir, f"v{CACHE_VERSION}-seed{seed}")
+
+
+def cached_image(folder: str, name: str, seed: int = 0) -> bytes:
+    """Image ``name``'s bytes from ``folder``, drawn and written there (temp name + rename) when absent."""
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    data = sample_image(sample_index(name), seed)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return data
+
+
+def sample_routes(names: list[str] | None = None, seed: int = 0, cache_dir: str | None = None) -> SampleRoutes:
+    """``/images/<name>`` -> its response, for :class:`ImageServer` (each image drawn when first asked for;
+    kept in ``cache_dir`` when given, else in memory)."""
+    return SampleRoutes(names, seed, cache_dir)

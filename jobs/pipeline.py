@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import platform
+import tempfile
 import time
 
 from pyspark.sql import SparkSession
@@ -82,12 +83,13 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
         raise ConfigError("no inputs: set [pipeline] inputs = [...] or sample = true in the config")
     started = time.time()
     results: dict[str, dict] = {}
-    images = contextlib.nullcontext()
-    if cfg.pipeline.sample and "download" in wanted:  # the sample's image links point at this server
-        from curation.images_sample import ImageServer, sample_routes
+    with contextlib.ExitStack() as scope:
+        if cfg.pipeline.sample and "download" in wanted:  # the sample's image links point at this server
+            from curation.images_sample import ImageServer, sample_routes
 
-        images = ImageServer(sample_routes(image_names), cfg.pipeline.sample_image_port)
-    with images:
+            cache = cfg.pipeline.sample_image_cache or scope.enter_context(
+                tempfile.TemporaryDirectory(prefix="curation-sample-images-"))
+            scope.enter_context(ImageServer(sample_routes(image_names, cache_dir=cache), cfg.pipeline.sample_image_port))
         for name, module in STAGES.items():
             if name not in wanted:
                 continue

@@ -96,3 +96,21 @@ def test_routes_draw_an_image_only_when_it_is_first_asked_for(monkeypatch):
         assert len(routes) == 2 and drawn == []
     assert routes[f"/images/{sample_name(4)}"].body == b"jpeg 4" and routes.get("/images/none.jpg") is None
     assert routes[f"/images/{sample_name(4)}"].body == b"jpeg 4" and drawn == [4]
+
+
+def test_a_cache_folder_keeps_drawn_images_on_disk_not_in_memory(tmp_path, monkeypatch):
+    import curation.images_sample as module
+
+    drawn = []
+    monkeypatch.setattr(module, "sample_image", lambda index, seed=0: drawn.append(index) or b"jpeg %d" % index)
+    routes = sample_routes([sample_name(i) for i in (3, 47)], cache_dir=str(tmp_path))
+    for _ in range(2):
+        assert routes[f"/images/{sample_name(47)}"].body == b"jpeg 47"
+    assert drawn == [47] and routes._drawn == {}  # drawn once, then read back from the folder
+    assert ("X-Robots-Tag", "noai, noimageai") in routes[f"/images/{sample_name(47)}"].headers
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [sample_name(47)]  # no temp file left behind
+    again = sample_routes([sample_name(47)], cache_dir=str(tmp_path))  # a later run reuses the folder
+    assert again[f"/images/{sample_name(47)}"].body == b"jpeg 47" and drawn == [47]
+    other_seed = sample_routes([sample_name(47)], seed=1, cache_dir=str(tmp_path))
+    assert other_seed[f"/images/{sample_name(47)}"].body == b"jpeg 47" and drawn == [47, 47]  # its own folder
