@@ -108,32 +108,19 @@ class Observer:
         }
 
 
-def _draw(args: tuple[str, str]) -> int:
-    from curation.images_sample import cached_image
-
-    return len(cached_image(*args))
-
-
 def draw_images(pages: int, cache: str, cores: int) -> None:
     """Every image the largest sample links to, drawn into ``cache`` up front by ``cores`` processes (kept
     between runs), so the timed download stage measures fetching and filtering, not drawing test images."""
     sys.path.insert(0, str(REPO))
-    from multiprocessing import Pool
-
-    from curation.images_sample import cache_folder, sample_name
+    from curation.images_sample import draw_images as draw, sample_name
     from curation.sample import image_count
 
-    folder = cache_folder(cache, 0)
-    todo = [(folder, sample_name(i)) for i in range(image_count(pages))
-            if not os.path.exists(os.path.join(folder, sample_name(i)))]
-    if not todo:
-        return
-    print(f"drawing {len(todo):,} sample images into {folder} ({cores} processes)", flush=True)
     started = time.perf_counter()
-    with Pool(cores) as pool:
-        for done, _ in enumerate(pool.imap_unordered(_draw, todo, chunksize=16), 1):
-            if done % 1000 == 0:
-                print(f"  {done:,} / {len(todo):,} images, {time.perf_counter() - started:.0f} s", flush=True)
+    names = [sample_name(i) for i in range(image_count(pages))]
+    drawn = draw(cache, names, processes=cores, progress=lambda done, total: print(
+        f"  drawn {done:,} / {total:,} images, {time.perf_counter() - started:.0f} s", flush=True))
+    if drawn:
+        print(f"drew {drawn:,} sample images into {cache} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def run_one(pages: int, cores: int, folder: str, cache: str) -> dict:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -295,6 +296,34 @@ def cached_image(folder: str, name: str, seed: int = 0) -> bytes:
         f.write(data)
     os.replace(tmp, path)
     return data
+
+
+def _draw_one(args: tuple[str, str, int]) -> int:
+    return len(cached_image(*args))
+
+
+def draw_images(cache_dir: str, names: list[str], seed: int = 0, processes: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> int:
+    """Draw every image of ``names`` not yet in ``cache_dir`` (by ``processes`` processes, default one per
+    core), so that serving them is a file read: a server that draws on request answers slowly on a busy
+    machine, and its clients' fetches time out. Returns how many were drawn; ``progress(done, total)``
+    is called every 1,000."""
+    folder = cache_folder(cache_dir, seed)
+    todo = [(folder, name, seed) for name in names if not os.path.exists(os.path.join(folder, name))]
+    if not todo:
+        return 0
+    processes = max(1, min(processes or os.cpu_count() or 1, len(todo)))
+    if processes == 1:
+        for done, args in enumerate(todo, 1):
+            _draw_one(args)
+            if progress and done % 1000 == 0:
+                progress(done, len(todo))
+        return len(todo)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for done, _ in enumerate(pool.imap_unordered(_draw_one, todo, chunksize=16), 1):
+            if progress and done % 1000 == 0:
+                progress(done, len(todo))
+    return len(todo)
 
 
 def sample_routes(names: list[str] | None = None, seed: int = 0, cache_dir: str | None = None) -> SampleRoutes:

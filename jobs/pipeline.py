@@ -21,6 +21,7 @@ from pyspark.sql import SparkSession
 from curation import __version__, storage
 from curation.config import Config, ConfigError
 from curation.errors import StaleStageError
+from curation.stage import StageDir
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ def _sample_inputs(cfg: Config, root: str) -> tuple[list[str], list[str]]:
     return [storage.join(sample_dir, "crawl")], manifest["image_names"]
 
 
+def _draw_sample_images(cache: str, names: list[str]) -> None:
+    """The sample's images drawn before its download stage fetches them (one process per core)."""
+    from curation.images_sample import draw_images
+
+    started = time.time()
+    drawn = draw_images(cache, names, progress=lambda done, total: log.info(
+        "pipeline: drawn %d / %d sample images", done, total))
+    if drawn:
+        log.info("pipeline: drew %d sample images into %s in %.1f s", drawn, cache, time.time() - started)
+
+
 def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None) -> dict:
     """Every wanted stage in order; ``observer`` (optional) gets ``start(name)`` and ``end(name, stats)``
     around each stage (bench/pipeline.py measures stages through it)."""
@@ -89,6 +101,8 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
 
             cache = cfg.pipeline.sample_image_cache or scope.enter_context(
                 tempfile.TemporaryDirectory(prefix="curation-sample-images-"))
+            if not StageDir(storage.join(root, "download"), "download", opts).is_complete():
+                _draw_sample_images(cache, image_names)
             scope.enter_context(ImageServer(sample_routes(image_names, cache_dir=cache), cfg.pipeline.sample_image_port))
         for name, module in STAGES.items():
             if name not in wanted:

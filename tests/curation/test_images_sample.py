@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from curation.images_sample import N_SAMPLE_IMAGES, ImageServer, Response, sample_image, sample_name, sample_routes
+from curation.images_sample import N_SAMPLE_IMAGES, ImageServer, Response, sample_image, sample_index, sample_name, sample_routes
 from curation.sample import write_sample
 from filters.image import ImageRules, Rejection, process_image
 
@@ -114,3 +114,13 @@ def test_a_cache_folder_keeps_drawn_images_on_disk_not_in_memory(tmp_path, monke
     assert again[f"/images/{sample_name(47)}"].body == b"jpeg 47" and drawn == [47]
     other_seed = sample_routes([sample_name(47)], seed=1, cache_dir=str(tmp_path))
     assert other_seed[f"/images/{sample_name(47)}"].body == b"jpeg 47" and drawn == [47, 47]  # its own folder
+
+
+def test_draw_images_fills_the_folder_once_with_the_same_bytes(tmp_path):
+    from curation.images_sample import cache_folder, draw_images
+
+    names = [sample_name(i) for i in (5, 6, 7)]
+    assert draw_images(str(tmp_path), names, processes=2) == 3
+    assert draw_images(str(tmp_path), names, processes=2) == 0  # already there: nothing redrawn
+    for name in names:
+        assert (tmp_path / cache_folder("", 0) / name).read_bytes() == sample_image(sample_index(name))
