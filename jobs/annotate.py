@@ -1,4 +1,4 @@
-"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes curation.annotate.
+"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes curation.stages.annotate.
 
 One task per input chunk (mapInArrow over a DataFrame of chunks); each executor Python worker loads the
 models once (models.runner.get_runner) and keeps them for every later task it runs. After the shards,
@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from curation import storage
-from curation.annotate import (
+from curation.stages.annotate import (
     SPEC,
     STAGE,
     Chunk,
@@ -28,7 +28,7 @@ from curation.annotate import (
     rewrite_ids,
     stats_extra,
 )
-from curation.config import Config, ConfigError
+from curation.stages.config import Config, ConfigError
 from curation.lifecycle import Work, run_stage, input_files
 from curation.stage import DATA, StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, distribute, run_context

@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from curation.config import load_config
+from curation.stages.config import load_config
 from curation.errors import CurationError
 
 app = typer.Typer(
@@ -424,7 +424,7 @@ def presets_list(
     verbose: VerboseOpt = False,
 ) -> None:
     """Every preset with its conditions and, with --input, how many rows of it each keeps."""
-    from curation.select import overview
+    from curation.stages.select import overview
 
     rows = _run_without_spark(config, preset_file, s3_endpoint, verbose, lambda cfg: overview(cfg, input))
     table = RichTable(title="presets" + (f" on {input}" if input else ""))
@@ -447,7 +447,7 @@ def presets_show(
     verbose: VerboseOpt = False,
 ) -> None:
     """One preset: its definition, its SQL and, with --input, what each condition keeps."""
-    from curation.select import show
+    from curation.stages.select import show
 
     typer.echo(json.dumps(_run_without_spark(config, preset_file, s3_endpoint, verbose, lambda cfg: show(cfg, name, input)), indent=2))
 
@@ -462,7 +462,7 @@ def report(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a self-contained HTML report of a run: funnel, score histograms, presets, sample thumbnails."""
-    from curation.report import REPORT_NAME, write_report
+    from curation.stages.report import REPORT_NAME, write_report
     from curation.storage import join
 
     target = output or join(run_dir, REPORT_NAME)
@@ -485,7 +485,7 @@ def pipeline(
     cfg, manifest = _run_job("pipeline", config, overrides, verbose, lambda spark, cfg: job.run(spark, cfg, overwrite))
     for name, stats in manifest["stages"].items():
         _print_stats({"stage": name, **stats})
-    from curation.report import REPORT_NAME
+    from curation.stages.report import REPORT_NAME
     from curation.storage import join
 
     root = manifest["run_root"]
@@ -517,7 +517,7 @@ def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder, or
     from curation.stage import StageDir
     from curation.storage import StorageOptions
 
-    from curation.report import find_stages
+    from curation.stages.report import find_stages
     from curation.stage import STATS
 
     options = StorageOptions(s3_endpoint_url=s3_endpoint).resolved()

@@ -1,4 +1,4 @@
-"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes curation.extract."""
+"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes curation.stages.extract."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import IntegerType
 
 from curation import storage
-from curation.config import Config
+from curation.stages.config import Config
 from curation.errors import InputError
-from curation.extract import (
+from curation.stages.extract import (
     LINKS_DIR,
     STAGE,
     bucket_shard,
@@ -19,11 +19,10 @@ from curation.extract import (
     extract_task,
     file_shard,
     link_files,
-    plan_buckets,
     read_links_by_bucket,
     stats_extra,
 )
-from curation.lifecycle import StageSpec, Work, run_stage
+from curation.lifecycle import StageSpec, Work, plan_buckets, run_stage
 from curation.stage import StageDir
 from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
 from schemas import EXTRACTED_LINKS, SHARD_STATS

@@ -1,4 +1,4 @@
-"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes curation.filter_text
+"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes curation.stages.filter_text
 and counts text keys with a Spark aggregation (groupBy key, count, join back), never in driver memory."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType
 
-from curation.config import Config
-from curation.filter_text import (
+from curation.stages.config import Config
+from curation.stages.filter_text import (
     BUCKET,
     CHECKED_DIR,
     COUNT,
@@ -21,10 +21,9 @@ from curation.filter_text import (
     check_task,
     frequency_partition,
     input_shard,
-    plan_buckets,
     read_checked,
 )
-from curation.lifecycle import StageSpec, Work, run_stage, input_files
+from curation.lifecycle import StageSpec, Work, input_files, plan_buckets, run_stage
 from curation.stage import StageDir
 from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
 from schemas import CANDIDATES, SHARD_STATS, TEXT_OK

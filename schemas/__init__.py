@@ -13,7 +13,7 @@ from schemas.tables import (
     Column,
     Table,
 )
-from schemas.tables import HASH_LIST, UNIQUE
+from schemas.tables import DETAIL, HASH_LIST, REASON, STAGE, TEXT, UID, UID_LIST, UNIQUE, URL
 
 __all__ = [
     "ANNOTATED",
@@ -26,6 +26,13 @@ __all__ = [
     "TEXT_OK",
     "HASH_LIST",
     "UNIQUE",
+    "UID_LIST",
+    "UID",
+    "URL",
+    "TEXT",
+    "STAGE",
+    "REASON",
+    "DETAIL",
     "Column",
     "Reason",
     "Table",

@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.config import DownloadOptions
+from curation.stages.config import DownloadOptions
 from curation.fetch import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
 from curation.politeness import HostBook, HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.ssrf import AddressGuard, build_opener

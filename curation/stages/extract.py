@@ -10,7 +10,6 @@ output does not depend on the engine or the partitioning.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -29,10 +28,6 @@ def file_shard(index: int) -> str:
 
 def bucket_shard(bucket: int) -> str:
     return f"part-b{bucket:05d}"
-
-
-def plan_buckets(n_links: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(n_links / max(1, rows_per_shard)))
 
 
 def extract_task(stage: StageDir, index: int, uri: str, rules: ExtractRules) -> ShardStats:

@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation import storage
-from curation.extract import plan_buckets
 from curation.stage import ShardStats, StageDir, read_parquet
 from curation.storage import StorageOptions
 from filters.text import TextRules, check_captions, text_key
@@ -36,7 +35,7 @@ KEY = "text_key"
 BUCKET = "bucket"
 COUNT = "text_count"
 
-__all__ = ["STAGE", "CHECKED_DIR", "plan_buckets"]
+__all__ = ["STAGE", "CHECKED_DIR"]
 
 
 def input_shard(index: int) -> str:

@@ -26,9 +26,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from curation import storage
-from curation.config import Config, ReportOptions
+from curation.stages.config import Config, ReportOptions
 from curation.errors import InputError, MissingFileError
-from curation.select import VIEW, DuckDBEngine, Selection, input_schema, keep_counts, register_parquet
+from curation.stages.selection import VIEW, DuckDBEngine, Selection, input_schema, keep_counts, register_parquet
 from curation.stage import REJECTED_DIR, STATS, StageDir
 from curation.storage import StorageOptions
 from filters.presets import Preset, load_presets
