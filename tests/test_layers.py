@@ -169,7 +169,7 @@ def test_every_stage_has_its_module_in_the_stage_layer():
 def test_no_module_over_500_lines_and_no_job_over_150():
     counts = line_counts()
     assert {m: n for m, n in counts.items() if n > MAX_MODULE_LINES} == {}
-    jobs = {m: n for m, n in counts.items() if m.startswith("jobs.") and m not in ("jobs.cli", "jobs.options")}
+    jobs = {m: n for m, n in counts.items() if m.startswith("jobs.") and not m.startswith("jobs.cli")}  # the CLI is no job
     assert {m: n for m, n in jobs.items() if n > MAX_JOB_LINES} == {}
 
 
