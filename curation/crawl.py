@@ -48,7 +48,8 @@ from curation.crawl_links import (  # noqa: F401 (make_uid, resolve_url, target_
     target_uri,
 )
 from curation.crawl_wat import _process_wat_record
-from schemas import REJECTED, Reason
+from curation.stage import rejected_table
+from schemas import DETAIL, REASON, REJECTED, UID, Reason
 
 log = logging.getLogger(__name__)
 
@@ -252,23 +253,22 @@ def collapse_duplicates(links: pa.Table) -> tuple[pa.Table, pa.Table]:
     with the kept copy's location in the detail. Output sorted by uid (deterministic)."""
     if links.num_rows == 0:
         return links.drop_columns(["link_seq"]), REJECTED.empty()
-    ordered = links.sort_by([("uid", "ascending"), ("source_file", "ascending"), ("link_seq", "ascending")])
-    uids = ordered.column("uid").to_pylist()
+    ordered = links.sort_by([(UID, "ascending"), ("source_file", "ascending"), ("link_seq", "ascending")])
+    uids = ordered.column(UID).to_pylist()
     first = [True] + [uids[i] != uids[i - 1] for i in range(1, len(uids))]
     mask = pa.array(first)
     kept = ordered.filter(mask)
     dups = ordered.filter(pa.compute.invert(mask))
     if dups.num_rows:
-        where = {u: f"{s}#{q}" for u, s, q in zip(*(kept.column(c).to_pylist() for c in ("uid", "source_file", "link_seq")))}
-        dup_uids = dups.column("uid").to_pylist()
-        rejected = pa.table(
+        where = {u: f"{s}#{q}" for u, s, q in zip(*(kept.column(c).to_pylist() for c in (UID, "source_file", "link_seq")))}
+        dup_uids = dups.column(UID).to_pylist()
+        rejected = rejected_table(
             {
-                "uid": dup_uids,
-                "stage": [STAGE] * len(dup_uids),
-                "reason": [Reason.DUPLICATE_UID.value] * len(dup_uids),
-                "detail": [f"kept {where[u]}; dropped {s}#{q}" for u, s, q in zip(dup_uids, dups.column("source_file").to_pylist(), dups.column("link_seq").to_pylist())],
+                UID: dup_uids,
+                REASON: [Reason.DUPLICATE_UID] * len(dup_uids),
+                DETAIL: [f"kept {where[u]}; dropped {s}#{q}" for u, s, q in zip(dup_uids, dups.column("source_file").to_pylist(), dups.column("link_seq").to_pylist())],
             },
-            schema=REJECTED.arrow_schema(),
+            STAGE,
         )
     else:
         rejected = REJECTED.empty()

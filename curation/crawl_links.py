@@ -11,7 +11,8 @@ from urllib.parse import urljoin
 import pyarrow as pa
 from fastwarc.warc import WarcHeader
 
-from schemas import EXTRACTED_LINKS, REJECTED, Reason
+from curation.stage import rejected_table
+from schemas import DETAIL, EXTRACTED_LINKS, REASON, UID, Reason
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class FileExtraction:
         n = len(self.uids)
         return pa.table(
             {
-                "uid": self.uids,
+                UID: self.uids,
                 "url": self.urls,
                 "text": self.texts,
                 "page_url": self.page_urls,
@@ -164,15 +165,7 @@ class FileExtraction:
         )
 
     def rejected_table(self) -> pa.Table:
-        return pa.table(
-            {
-                "uid": self.rej_uids,
-                "stage": [STAGE] * len(self.rej_uids),
-                "reason": self.rej_reasons,
-                "detail": self.rej_details,
-            },
-            schema=REJECTED.arrow_schema(),
-        )
+        return rejected_table({UID: self.rej_uids, REASON: self.rej_reasons, DETAIL: self.rej_details}, STAGE)
 
 
 def _safe_uid(alt: str, url: str) -> str:

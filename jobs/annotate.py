@@ -35,7 +35,7 @@ from jobs.partitions import MAX_TASKS, as_list, distribute, run_context
 from models.config import ModelsConfig, load_models_config
 from models.registry import check_weights, describe_columns
 from models.runner import RunOptions
-from schemas import SHARD_STATS
+from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
 CHUNK_DDL = "file_index int, uri string, chunk int, start long, stop long"
@@ -82,7 +82,7 @@ def fix_id_collisions(spark: SparkSession, stage: StageDir, id_bits: int) -> int
     rows = [r.asDict() for r in ids.join(shared, "id").collect()]
     if not rows:
         return 0
-    groups, shard_of = collision_groups(rows), {r["uid"]: r["shard"] for r in rows}
+    groups, shard_of = collision_groups(rows), {r[UID]: r["shard"] for r in rows}
     taken = set(groups)
     while True:  # a reassigned id must be free in the whole output, not only among the colliding rows
         new_ids = reassign_ids(groups, set(taken), id_bits)

@@ -17,10 +17,10 @@ from curation.stages.download import (
 from curation.lifecycle import StageSpec, Work, input_files, run_stage
 from curation.stage import StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, run_context
-from schemas import SHARD_STATS
+from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
-SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=("uid", "url", "text"))
+SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=(UID, "url", "text"))
 WORK_SCHEMA = "uri string, start long, stop long, shard string, lane long, rows array<long>"
 
 

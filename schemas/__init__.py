@@ -1,6 +1,6 @@
 """Stage tables and rejection reasons: the single definition both pyarrow and Spark use."""
 
-from schemas.reasons import Reason
+from schemas.reasons import Reason, Rejection
 from schemas.tables import (
     ANNOTATED,
     CANDIDATES,
@@ -13,7 +13,7 @@ from schemas.tables import (
     Column,
     Table,
 )
-from schemas.tables import DETAIL, HASH_LIST, REASON, STAGE, TEXT, UID, UID_LIST, UNIQUE, URL
+from schemas.tables import DETAIL, HASH_LIST, REASON, STAGE_COLUMN, TEXT, UID, UID_LIST, UNIQUE, URL
 
 __all__ = [
     "ANNOTATED",
@@ -30,10 +30,11 @@ __all__ = [
     "UID",
     "URL",
     "TEXT",
-    "STAGE",
+    "STAGE_COLUMN",
     "REASON",
     "DETAIL",
     "Column",
     "Reason",
+    "Rejection",
     "Table",
 ]

@@ -96,7 +96,7 @@ class Table:
 UID = "uid"
 URL = "url"
 TEXT = "text"
-STAGE = "stage"
+STAGE_COLUMN = "stage"
 REASON = "reason"
 DETAIL = "detail"
 
@@ -128,7 +128,7 @@ REJECTED = Table(
     "rejected",
     (
         Column(UID, "string", False, "uid of the dropped row (for file/record failures: md5 of file#record)"),
-        Column(STAGE, "string", False, "stage that dropped it"),
+        Column(STAGE_COLUMN, "string", False, "stage that dropped it"),
         Column(REASON, "string", False, "a schemas.Reason value"),
         Column(DETAIL, "string", True, "error message, offending value or the uid that was kept instead"),
     ),

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from curation.crawl import STAGE, ExtractRules, collapse_duplicates, extract_file
 from curation.stage import ShardStats, StageDir, read_parquet
-from schemas import CANDIDATES, EXTRACTED_LINKS
+from schemas import CANDIDATES, EXTRACTED_LINKS, UID
 
 LINKS_DIR = "_work/links"
 
@@ -56,7 +56,7 @@ def read_links_by_bucket(stage: StageDir, uris: Iterable[str], n_buckets: int, s
         table = EXTRACTED_LINKS.conform(read_parquet(uri, stage.storage))
         if table.num_rows == 0:
             continue
-        buckets = pa.array([int(u[:8], 16) % n_buckets for u in table.column("uid").to_pylist()], pa.int32())
+        buckets = pa.array([int(u[:8], 16) % n_buckets for u in table.column(UID).to_pylist()], pa.int32())
         table = table.append_column("bucket", buckets)
         if skip:
             table = table.filter(pc.invert(pc.is_in(buckets, pa.array(sorted(skip), pa.int32()))))
