@@ -15,10 +15,10 @@ from rich.table import Table as RichTable
 from curation.errors import CurationError
 from jobs.cli_common import (
     ConfigOpt,
-    EndpointOpt,
     MasterOpt,
-    OutputOpt,
     OverwriteOpt,
+    EndpointOpt,
+    OutputOpt,
     PhashModeOpt,
     PresetFileOpt,
     VerboseOpt,
@@ -27,6 +27,7 @@ from jobs.cli_common import (
     cli_overrides,
     print_stats,
     run_job,
+    stage_options,
 )
 from jobs.cli_models import models_app
 
@@ -37,17 +38,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is shown as written: "[download]" is a config table, not rich markup
 )
+
+
 @app.command()
+@stage_options
 def extract(
     inputs: Annotated[list[str], typer.Argument(help="WAT/WARC files, folders, globs, or paths files (*.paths[.gz]); local or s3://.")],
     output: OutputOpt,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
     paths_base: Annotated[Optional[str], typer.Option("--paths-base", help="Base for relative lines of a paths file, e.g. s3://commoncrawl/.")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Kept candidates per output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Extract (image url, alt text) candidates from Common Crawl WAT/WARC files."""
     from jobs import extract as job
@@ -58,15 +58,12 @@ def extract(
 
 
 @app.command("filter-text")
+@stage_options
 def filter_text(
     input: Annotated[str, typer.Option("--input", "-i", help="Candidates stage folder (an extract output; local or s3://).")],
     output: OutputOpt,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Kept rows per output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Apply COYO's caption rules and text-frequency dedup (thresholds: the config's filter_text.rules table)."""
     from jobs import filter_text as job
@@ -77,18 +74,15 @@ def filter_text(
 
 
 @app.command()
+@stage_options
 def download(
     input: Annotated[str, typer.Option("--input", "-i", help="text_ok stage folder (a filter-text output; local or s3://).")],
     output: OutputOpt,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
     engine: Annotated[Optional[str], typer.Option("--engine", help="spark (default) or local: a process pool, no Spark.")] = None,
     processes: Annotated[Optional[int], typer.Option("--processes", help="Local engine: worker processes (0 = one per CPU).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Concurrent fetches per task.")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Input rows per task and output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Fetch every pair's image (SSRF-guarded), apply COYO's image rules, store it resized ([download] in the config)."""
     from jobs import download as job
@@ -113,6 +107,7 @@ def _with_dedup_rules(cfg, **values):
 
 
 @app.command()
+@stage_options
 def dedup(
     input: Annotated[str, typer.Option("--input", "-i", help="fetched stage folder (a download output) or parquet files; local or s3://.")],
     output: OutputOpt,
@@ -120,11 +115,7 @@ def dedup(
     max_distance: Annotated[Optional[int], typer.Option("--max-distance", "-k", help="Hamming k for near duplicates and blocklist matches (0: near-dup off, exact blocklist match).")] = None,
     phash_mode: PhashModeOpt = None,
     key: Annotated[Optional[str], typer.Option("--key", help="dedup key of the duplicate and near-duplicate steps: phash (default) or robust (rotation/flip/EXIF/alpha/crop-invariant).")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Add image_phash to every row; remove evaluation-set matches, (pHash, text), pHash and near duplicates."""
     from jobs import dedup as job
@@ -141,16 +132,13 @@ def dedup(
 
 
 @app.command("hash-index")
+@stage_options
 def hash_index(
     sources: Annotated[list[str], typer.Argument(help="Image folders, tar shards or parquet files with image bytes; NAME=PATH names the set (default: the path's last part).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder of the hash list (local or s3://).")],
     phash_mode: PhashModeOpt = None,
     images_per_shard: Annotated[Optional[int], typer.Option("--images-per-shard", help="Image files of a folder per task.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Hash an evaluation set's images (ImageNet, COCO, Flickr30k, CC3M, ...) into a blocklist for `dedup --blocklist`."""
     from jobs import hash_index as job
@@ -164,6 +152,7 @@ def hash_index(
 
 
 @app.command()
+@stage_options
 def annotate(
     input: Annotated[list[str], typer.Option("--input", "-i", help="unique stage folder (a dedup output) or parquet files; local or s3://.")],
     output: OutputOpt,
@@ -172,11 +161,7 @@ def annotate(
     device: Annotated[Optional[str], typer.Option("--device", help="auto (default), cpu or cuda.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per model batch (default 64).")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Input rows per task and output shard.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Add COYO's score columns: CLIP B/32 + L/14 similarity, aesthetic, watermark, NSFW, faces, token counts."""
     from jobs import annotate as job
@@ -187,16 +172,13 @@ def annotate(
 
 
 @app.command()
+@stage_options
 def semdedup(
     input: Annotated[list[str], typer.Option("--input", "-i", help="annotate stage folder (written with [annotate] embeddings); local or s3://.")],
     output: OutputOpt,
     eps: Annotated[Optional[float], typer.Option("--eps", help="Similarity > 1 - eps is a duplicate (default 0.05).")] = None,
     clusters: Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters (default 1000).")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """SemDeDup: k-means on the CLIP image embeddings, then drop rows within 1 - eps of a kept row in their cluster."""
     from jobs import semdedup as job
@@ -214,6 +196,7 @@ app.add_typer(models_app, name="models")
 
 
 @app.command()
+@stage_options
 def select(
     input: Annotated[str, typer.Option("--input", "-i", help="Annotated shards: a stage folder, a folder, parquet files or a glob (local or s3://).")],
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (`curation presets list`).")],
@@ -223,11 +206,7 @@ def select(
     materialize: Annotated[bool, typer.Option("--materialize", help="Also write the selected rows with their images as even parquet shards in data/.")] = False,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="--materialize: rows per shard.")] = None,
     webdataset: Annotated[Optional[bool], typer.Option("--webdataset/--no-webdataset", help="--materialize: also write webdataset tars in wds/.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Select the rows a preset keeps: a sorted uid list and counts (and shards with --materialize)."""
     from jobs import select as job

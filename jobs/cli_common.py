@@ -3,6 +3,7 @@ exit, and running a job with the config (CLI flags override it) and a Spark sess
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Annotated, Optional
@@ -84,3 +85,27 @@ def cli_overrides(master: str | None, s3_endpoint: str | None, **sections: dict)
     """Config overrides from the command line: the Spark master, the S3 endpoint, and per-section keys
     (None values leave the config's)."""
     return {"spark": {"master": master}, "storage": {"s3_endpoint_url": s3_endpoint}, **sections}
+
+
+# The options every stage command takes, after its own: name -> (typer option, default).
+STAGE_OPTIONS = {
+    "config": (ConfigOpt, None),
+    "master": (MasterOpt, None),
+    "s3_endpoint": (EndpointOpt, None),
+    "overwrite": (OverwriteOpt, False),
+    "verbose": (VerboseOpt, False),
+}
+
+
+def stage_options(command: Callable) -> Callable:
+    """Give a stage command the options of STAGE_OPTIONS, defined once: the command lists them as bare
+    keyword-only parameters (``*, config, master, s3_endpoint, overwrite, verbose``) and this fills in
+    their typer options and defaults (typer reads the signature)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [
+        p.replace(annotation=STAGE_OPTIONS[p.name][0], default=STAGE_OPTIONS[p.name][1]) if p.name in STAGE_OPTIONS else p
+        for p in signature.parameters.values()
+    ]
+    command.__signature__ = signature.replace(parameters=params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
