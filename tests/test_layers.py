@@ -191,8 +191,8 @@ def report() -> None:
     counts = line_counts()
     big = sorted(((n, m) for m, n in counts.items() if n > MAX_MODULE_LINES), reverse=True)
     print(f"modules over {MAX_MODULE_LINES} lines: {big}")
-    jobs = sorted(((n, m) for m, n in counts.items() if m.startswith("jobs.") and n > MAX_JOB_LINES), reverse=True)
-    print(f"jobs over {MAX_JOB_LINES} lines: {jobs}")
+    jobs = sorted(((n, m) for m, n in counts.items() if m.startswith("jobs.") and not m.startswith("jobs.cli") and n > MAX_JOB_LINES), reverse=True)
+    print(f"jobs over {MAX_JOB_LINES} lines (the CLI aside): {jobs}")
 
 
 if __name__ == "__main__":
