@@ -57,7 +57,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports al
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.config import Config, DownloadOptions
+from curation.stages.config import Config, DownloadOptions
 from curation.fetch import FetchOptions
 from curation.images_sample import N_SAMPLE_IMAGES, ImageServer, sample_name, sample_routes
 from curation.stage import StageDir, rejected_table
@@ -131,7 +131,7 @@ UNIFORM_TARGET = 0.95
 ARM_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
-from curation.config import Config, DownloadOptions
+from curation.stages.config import Config, DownloadOptions
 from curation.fetch import FetchOptions
 from curation.stage import StageDir
 from jobs import download as job

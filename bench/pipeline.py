@@ -129,7 +129,7 @@ def run_one(pages: int, cores: int, folder: str, cache: str) -> dict:
     sys.path.insert(0, str(REPO))
     import socket
 
-    from curation.config import load_config
+    from curation.stages.config import load_config
     from jobs import pipeline
     from jobs.session import build_spark_session
 

@@ -28,7 +28,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from curation.select import UID, DuckDBEngine, count, input_files, input_schema, uid_query
+from curation.stages.select import input_files, uid_query
+from curation.stages.selection import DuckDBEngine, count, input_schema
+from schemas import UID
 from filters.presets import builtin_presets
 
 FILES = 10

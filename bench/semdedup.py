@@ -13,9 +13,9 @@ should go: every member of a group but one) and false rejections (rows of no gro
 
 On ``--subset`` rows (default 20k, its own dataset) the stage's decisions are compared with a
 reference that has no clusters: all pairs of the subset compared (blocked products of the whole
-20k x 20k matrix) and the same keep rule (curation.semdedup.decide_cluster on everything as one
+20k x 20k matrix) and the same keep rule (curation.stages.semdedup.decide_cluster on everything as one
 cluster); on 2,000 of those rows that reference is itself checked against the row-by-row
-curation.semdedup.brute_force.
+curation.stages.semdedup.brute_force.
 
     python bench/semdedup.py [--sizes 100000 1000000] [--json out.json] [--check]
 
@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curation.config import Config, SemdedupOptions  # noqa: E402
+from curation.stages.config import Config, SemdedupOptions  # noqa: E402
 from curation.embeddings import npy_bytes  # noqa: E402
-from curation.semdedup import brute_force, decide_cluster, normalised  # noqa: E402
+from curation.stages.semdedup import brute_force, decide_cluster, normalised  # noqa: E402
 from curation.stage import StageDir  # noqa: E402
 from jobs import semdedup as job  # noqa: E402
 from jobs.session import build_spark_session  # noqa: E402

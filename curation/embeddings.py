@@ -23,11 +23,12 @@ import pyarrow.parquet as pq
 from curation import storage
 from curation.errors import InputError
 from curation.storage import StorageOptions
+from schemas import UID
 
 IMG_DIR, TEXT_DIR, META_DIR = "img_emb", "text_emb", "metadata"
 # [annotate] embeddings -> the MODELS.toml section whose CLIP embeddings are written
 EMBEDDING_MODELS = {"vitb32": "clip_vitb32", "vitl14": "clip_vitl14"}
-METADATA_SCHEMA = pa.schema([("uid", pa.string()), ("url", pa.string()), ("caption", pa.string())])
+METADATA_SCHEMA = pa.schema([(UID, pa.string()), ("url", pa.string()), ("caption", pa.string())])
 
 
 def part_number(shard: str) -> str:
@@ -66,7 +67,7 @@ def write_embeddings(stage_uri: str, shard: str, kept: pa.Table, image: np.ndarr
     uris = embedding_uris(stage_uri, shard)
     storage.write_bytes_atomic(uris[IMG_DIR], npy_bytes(np.asarray(image, np.float16)), options)
     storage.write_bytes_atomic(uris[TEXT_DIR], npy_bytes(np.asarray(text, np.float16)), options)
-    meta = pa.table([kept.column("uid"), kept.column("url"), kept.column("text")], schema=METADATA_SCHEMA)
+    meta = pa.table([kept.column(UID), kept.column("url"), kept.column("text")], schema=METADATA_SCHEMA)
     buf = pa.BufferOutputStream()
     pq.write_table(meta, buf, compression="zstd")
     storage.write_bytes_atomic(uris[META_DIR], buf.getvalue().to_pybytes(), options)

@@ -31,3 +31,7 @@ class InputError(CurationError, ValueError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """A file the run needs (a model, a list) is not where the config says."""
+
+
+class ConfigError(CurationError, ValueError):
+    """A config value of the wrong type or out of range, an unknown key or stage."""

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from curation import __version__
 from curation.ssrf import BlockedAddressError
-from schemas import Reason
+from schemas import Reason, Rejection
 
 TRANSIENT = "transient: "
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -86,6 +86,11 @@ class FetchFailed(Exception):
     @property
     def message(self) -> str:
         return (TRANSIENT if self.transient else "") + self.detail
+
+    @property
+    def rejection(self) -> Rejection:
+        """The row's verdict: the reason and the message (a transient failure's marks it for a rerun)."""
+        return Rejection(self.reason, self.message)
 
 
 def robots_disallowed(values: list[str], user_agent_token: str | None, directives: frozenset[str]) -> bool:

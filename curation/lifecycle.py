@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import posixpath
 import time
 from collections import defaultdict
@@ -63,6 +64,11 @@ class RunContext:
     master: str | None = None  # the Spark master, None without Spark (a local engine)
     overwrite: bool = False  # start again from nothing
     redo_stale: bool = False  # a stage built from another input is redone (else: StaleStageError)
+
+
+def plan_buckets(n_rows: int, rows_per_shard: int) -> int:
+    """How many uid buckets (output shards) ``n_rows`` rows fill at ``rows_per_shard`` each (at least one)."""
+    return max(1, math.ceil(n_rows / max(1, rows_per_shard)))
 
 
 # --- inputs ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Politeness toward image hosts: per-host connection limits, spacing, back-off and cool-down inside a
 download task (:class:`HostScheduler`), and the host lanes that bound how many tasks reach one host
-(:func:`lane_of`, used by curation.download's planner).
+(:func:`lane_of`, used by curation.stages.download's planner).
 
 Within a task the rows are queued per host. A worker thread asks the scheduler for its next row; the
 scheduler hands out the earliest pending row (input order) of a host that has a free connection
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
+from curation.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class PolitenessOptions:
@@ -48,8 +50,6 @@ class PolitenessOptions:
     lanes: int = 0  # tasks of the job; 0 = the largest input file's rows / rows_per_shard
 
     def __post_init__(self) -> None:
-        from curation.config import ConfigError  # (config imports this module)
-
         if min(self.max_connections_per_host, self.tasks_per_host, self.lanes, self.failures_before_cooldown) < 0:
             raise ConfigError("[download.politeness] limits must be >= 0")
         if min(self.min_interval_per_host_s, self.backoff_initial_s, self.backoff_max_s) < 0:

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from curation import storage
 from curation.errors import IncompleteStageError, StaleStageError
 from curation.storage import StorageOptions
-from schemas import REJECTED, SHARD_STATS, Reason, Table
+from schemas import DETAIL, REASON, REJECTED, SHARD_STATS, STAGE_COLUMN, UID, Reason, Table
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,21 @@ def shard_stats_batch(stats: list[ShardStats]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(rows, schema=SHARD_STATS.arrow_schema())
 
 
-def rejected_table(rows: list[dict], stage: str) -> pa.Table:
-    """Build a REJECTED table from dicts with uid/reason/detail (reason must be a Reason)."""
+def rejected_table(rows: Sequence[dict] | Mapping[str, Sequence | pa.Array | pa.ChunkedArray], stage: str) -> pa.Table:
+    """The REJECTED rows of ``stage``: from dicts with uid/reason/detail, or from those three columns
+    (``{UID: [...], REASON: [...], DETAIL: [...]}``, lists or Arrow arrays: the form of large batches).
+    Every reason must be a Reason (a free-string reason raises): the one way rejected rows are built."""
+    if isinstance(rows, Mapping):
+        uids, reasons, details = rows[UID], rows[REASON], rows[DETAIL]
+        values = reasons.to_pylist() if isinstance(reasons, (pa.Array, pa.ChunkedArray)) else list(reasons)
+        for reason in set(values):
+            Reason(reason)  # raises on a free-string reason
+        columns = {UID: uids, STAGE_COLUMN: [stage] * len(values), REASON: [str(r) for r in values], DETAIL: details}
+        return pa.table(columns, schema=REJECTED.arrow_schema())
     for r in rows:
-        Reason(r["reason"])  # raises on a free-string reason
+        Reason(r[REASON])  # raises on a free-string reason
     return pa.Table.from_pylist(
-        [{"uid": r["uid"], "stage": stage, "reason": str(r["reason"]), "detail": r.get("detail")} for r in rows],
+        [{UID: r[UID], STAGE_COLUMN: stage, REASON: str(r[REASON]), DETAIL: r.get(DETAIL)} for r in rows],
         schema=REJECTED.arrow_schema(),
     )
 
@@ -103,7 +113,7 @@ def rejected_table(rows: list[dict], stage: str) -> pa.Table:
 def count_reasons(rejected: pa.Table | None) -> dict[str, int]:
     if rejected is None or rejected.num_rows == 0:
         return {}
-    counts = pc.value_counts(rejected.column("reason")).to_pylist()
+    counts = pc.value_counts(rejected.column(REASON)).to_pylist()
     return {c["values"]: c["counts"] for c in counts}
 
 

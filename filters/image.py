@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas import Reason
+from schemas import Reason, Rejection
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations that rotate by 90 degrees
@@ -62,12 +62,6 @@ class ImageRules:
             raise ValueError(f"formats {unknown} are not image formats this Pillow opens; known: {sorted(Image.OPEN)}")
         if self.min_side_px < 1 or self.max_aspect_ratio < 1 or self.resize_side_px < 0:
             raise ValueError("min_side_px >= 1, max_aspect_ratio >= 1 and resize_side_px >= 0 are required")
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: Reason
-    detail: str
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,13 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
 
 from curation.errors import MissingFileError
 from filters.lexicon import nsfw_words, pos_lexicon
-from schemas import Reason
+from schemas import Reason, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +165,6 @@ def language_identifier(path: str | None = None) -> LanguageIdentifier:
 # --- the rules: each returns None (keep) or a Rejection --------------------------------------------
 
 
-class Rejection(NamedTuple):
-    reason: Reason
-    detail: str | None = None
-
-
 def length_rule(text: str, rules: TextRules, raw_chars: int = 0) -> Rejection | None:
     """Empty, too long, too short (``text`` normalised; ``raw_chars``: the caption's length as found)."""
     if raw_chars > rules.max_raw_chars:
@@ -224,6 +218,20 @@ def noun_rule(lower: str, rules: TextRules) -> Rejection | None:
     return None
 
 
+# The rules after the length rule and the batched language rule, in the order they are tried (the first
+# that rejects decides); each reads the normalised caption ("text") or its lower-case form ("lower").
+CAPTION_RULES: tuple[tuple[str, Callable[[str, TextRules], Rejection | None]], ...] = (
+    ("text", words_rule),
+    ("lower", nsfw_rule),
+    ("lower", noun_rule),
+)
+
+
+def _first_rejection(text: str, lower: str, rules: TextRules) -> Rejection | None:
+    views = {"text": text, "lower": lower}
+    return next((failed for failed in (rule(views[on], rules) for on, rule in CAPTION_RULES) if failed), None)
+
+
 def check_captions(texts: Iterable[str | None], rules: TextRules = TextRules()) -> Verdicts:
     """The batch form the jobs use: normalise all, the length rule, one lang-id call for the
     survivors, then the word rules. Never raises on a caption's content."""
@@ -241,7 +249,7 @@ def check_captions(texts: Iterable[str | None], rules: TextRules = TextRules()) 
             pending.append(i)
     lowers = [out.texts[i].lower() for i in pending]
     for i, lower, failed in zip(pending, lowers, language_rule(lowers, rules)):
-        failed = failed or words_rule(out.texts[i], rules) or nsfw_rule(lower, rules) or noun_rule(lower, rules)
+        failed = failed or _first_rejection(out.texts[i], lower, rules)
         if failed:
             out.reasons[i], out.details[i] = failed
     return out

@@ -1,4 +1,4 @@
-"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes curation.annotate.
+"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes curation.stages.annotate.
 
 One task per input chunk (mapInArrow over a DataFrame of chunks); each executor Python worker loads the
 models once (models.runner.get_runner) and keeps them for every later task it runs. After the shards,
@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from curation import storage
-from curation.annotate import (
+from curation.stages.annotate import (
     SPEC,
     STAGE,
     Chunk,
@@ -28,14 +28,14 @@ from curation.annotate import (
     rewrite_ids,
     stats_extra,
 )
-from curation.config import Config, ConfigError
+from curation.stages.config import Config, ConfigError
 from curation.lifecycle import Work, run_stage, input_files
 from curation.stage import DATA, StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, distribute, run_context
 from models.config import ModelsConfig, load_models_config
 from models.registry import check_weights, describe_columns
 from models.runner import RunOptions
-from schemas import SHARD_STATS
+from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
 CHUNK_DDL = "file_index int, uri string, chunk int, start long, stop long"
@@ -82,7 +82,7 @@ def fix_id_collisions(spark: SparkSession, stage: StageDir, id_bits: int) -> int
     rows = [r.asDict() for r in ids.join(shared, "id").collect()]
     if not rows:
         return 0
-    groups, shard_of = collision_groups(rows), {r["uid"]: r["shard"] for r in rows}
+    groups, shard_of = collision_groups(rows), {r[UID]: r["shard"] for r in rows}
     taken = set(groups)
     while True:  # a reassigned id must be free in the whole output, not only among the colliding rows
         new_ids = reassign_ids(groups, set(taken), id_bits)

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from curation.config import load_config
 from curation.errors import CurationError
+from jobs.cli_common import (
+    ConfigOpt,
+    MasterOpt,
+    OverwriteOpt,
+    EndpointOpt,
+    OutputOpt,
+    PhashModeOpt,
+    PresetFileOpt,
+    VerboseOpt,
+    console,
+    fail,
+    cli_overrides,
+    print_stats,
+    run_job,
+    stage_options,
+)
+from jobs.cli_models import models_app
 
 app = typer.Typer(
     help="COYO-style image-text curation: Common Crawl -> candidates -> ... -> annotated parquet shards.",
@@ -24,145 +38,64 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is shown as written: "[download]" is a config table, not rich markup
 )
-console = Console(stderr=True)
-
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="TOML run config (defaults: COYO-700M's values).")]
-MasterOpt = Annotated[Optional[str], typer.Option("--master", help="Spark master, e.g. local[2] or yarn (default: config, local[*]).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete what is in OUTPUT and start again (default: resume).")]
-EndpointOpt = Annotated[Optional[str], typer.Option("--s3-endpoint", help="S3 endpoint URL (MinIO, moto, ...); default $AWS_ENDPOINT_URL.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
-
-
-OWN_LOGGERS = ("curation", "jobs", "filters", "models", "schemas")
-
-
-def _setup_logging(verbose: bool) -> None:
-    """The project's INFO progress lines; third-party INFO (open_clip's model configs, matplotlib's font
-    cache, ...) only with --verbose, which shows everything at DEBUG."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-        force=True,
-    )
-    for name in OWN_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("py4j", "botocore", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _print_stats(stats: dict) -> None:
-    table = RichTable(title=f"stage {stats['stage']}")
-    table.add_column("count")
-    table.add_column("rows", justify="right")
-    table.add_row("rows in", f"{stats['rows_in']:,}")
-    table.add_row("rows out", f"{stats['rows_out']:,}")
-    for reason, n in stats["rejected"].items():
-        table.add_row(f"rejected: {reason}", f"{n:,}")
-    console.print(table)
-    for err in stats.get("file_errors", [])[:20]:
-        console.print(f"[yellow]file problem[/yellow] {err['file']}: {err['error'][:200]}")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line; [section] names are not markup
-    raise typer.Exit(2)
-
-
-def _run_job(name: str, config: str | None, overrides: dict, verbose: bool, job: Callable, uses_spark: Callable = lambda cfg: True):
-    """Load the config (CLI flags override it), build the Spark session, run ``job(spark, cfg)``.
-    A CurationError (bad config, inputs, paths, environment) ends with its one-line message and exit
-    code 2; any other exception is a bug and keeps its traceback.
-    ``uses_spark(cfg)`` False: no session is built and the job gets None (a local engine)."""
-    _setup_logging(verbose)
-    try:
-        cfg = load_config(config, overrides)
-        from jobs.session import build_spark_session
-
-        spark = build_spark_session(cfg.spark.master, f"curation-{name}", cfg.spark.conf) if uses_spark(cfg) else None
-        return cfg, job(spark, cfg)
-    except CurationError as e:
-        _fail(str(e))
 
 
 @app.command()
+@stage_options
 def extract(
     inputs: Annotated[list[str], typer.Argument(help="WAT/WARC files, folders, globs, or paths files (*.paths[.gz]); local or s3://.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
+    output: OutputOpt,
     paths_base: Annotated[Optional[str], typer.Option("--paths-base", help="Base for relative lines of a paths file, e.g. s3://commoncrawl/.")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Kept candidates per output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Extract (image url, alt text) candidates from Common Crawl WAT/WARC files."""
     from jobs import extract as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "extract": {"paths_base": paths_base, "rows_per_shard": rows_per_shard},
-    }
-    _, stats = _run_job("extract", config, overrides, verbose, lambda spark, cfg: job.run(spark, inputs, output, cfg, overwrite))
-    _print_stats(stats)
+    overrides = cli_overrides(master, s3_endpoint, extract={"paths_base": paths_base, "rows_per_shard": rows_per_shard})
+    _, stats = run_job("extract", config, overrides, verbose, lambda spark, cfg: job.run(spark, inputs, output, cfg, overwrite))
+    print_stats(stats)
 
 
 @app.command("filter-text")
+@stage_options
 def filter_text(
     input: Annotated[str, typer.Option("--input", "-i", help="Candidates stage folder (an extract output; local or s3://).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
+    output: OutputOpt,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Kept rows per output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Apply COYO's caption rules and text-frequency dedup (thresholds: the config's filter_text.rules table)."""
     from jobs import filter_text as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "filter_text": {"rows_per_shard": rows_per_shard},
-    }
-    _, stats = _run_job("filter-text", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
-    _print_stats(stats)
+    overrides = cli_overrides(master, s3_endpoint, filter_text={"rows_per_shard": rows_per_shard})
+    _, stats = run_job("filter-text", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
+    print_stats(stats)
 
 
 @app.command()
+@stage_options
 def download(
     input: Annotated[str, typer.Option("--input", "-i", help="text_ok stage folder (a filter-text output; local or s3://).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
+    output: OutputOpt,
     engine: Annotated[Optional[str], typer.Option("--engine", help="spark (default) or local: a process pool, no Spark.")] = None,
     processes: Annotated[Optional[int], typer.Option("--processes", help="Local engine: worker processes (0 = one per CPU).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Concurrent fetches per task.")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Input rows per task and output shard.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Fetch every pair's image (SSRF-guarded), apply COYO's image rules, store it resized ([download] in the config)."""
     from jobs import download as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "download": {"engine": engine, "processes": processes, "threads": threads, "rows_per_shard": rows_per_shard},
-    }
-    _, stats = _run_job(
+    overrides = cli_overrides(master, s3_endpoint, download={"engine": engine, "processes": processes, "threads": threads, "rows_per_shard": rows_per_shard})
+    _, stats = run_job(
         "download", config, overrides, verbose,
         lambda spark, cfg: job.run(spark, input, output, cfg, overwrite),
         uses_spark=lambda cfg: cfg.download.engine == "spark",
     )
-    _print_stats(stats)
+    print_stats(stats)
 
 
-PhashModeOpt = Annotated[Optional[str], typer.Option("--phash-mode", help="exact (= imagehash.phash, default) or fast (JPEG draft decoding).")]
 
 
 def _with_dedup_rules(cfg, **values):
@@ -174,201 +107,96 @@ def _with_dedup_rules(cfg, **values):
 
 
 @app.command()
+@stage_options
 def dedup(
     input: Annotated[str, typer.Option("--input", "-i", help="fetched stage folder (a download output) or parquet files; local or s3://.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
+    output: OutputOpt,
     blocklist: Annotated[Optional[list[str]], typer.Option("--blocklist", "-b", help="hash-index output or HASH_LIST parquet of an evaluation set (repeat the option for several); default: the config's dedup.blocklist.")] = None,
     max_distance: Annotated[Optional[int], typer.Option("--max-distance", "-k", help="Hamming k for near duplicates and blocklist matches (0: near-dup off, exact blocklist match).")] = None,
     phash_mode: PhashModeOpt = None,
     key: Annotated[Optional[str], typer.Option("--key", help="dedup key of the duplicate and near-duplicate steps: phash (default) or robust (rotation/flip/EXIF/alpha/crop-invariant).")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Add image_phash to every row; remove evaluation-set matches, (pHash, text), pHash and near duplicates."""
     from jobs import dedup as job
 
-    overrides = {"spark": {"master": master}, "storage": {"s3_endpoint_url": s3_endpoint}}
-    _, stats = _run_job(
+    overrides = cli_overrides(master, s3_endpoint)
+    _, stats = run_job(
         "dedup", config, overrides, verbose,
         lambda spark, cfg: job.run(
             spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode, key=key),
             overwrite=overwrite, blocklist=blocklist,
         ),
     )
-    _print_stats(stats)
+    print_stats(stats)
 
 
 @app.command("hash-index")
+@stage_options
 def hash_index(
     sources: Annotated[list[str], typer.Argument(help="Image folders, tar shards or parquet files with image bytes; NAME=PATH names the set (default: the path's last part).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output folder of the hash list (local or s3://).")],
     phash_mode: PhashModeOpt = None,
     images_per_shard: Annotated[Optional[int], typer.Option("--images-per-shard", help="Image files of a folder per task.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Hash an evaluation set's images (ImageNet, COCO, Flickr30k, CC3M, ...) into a blocklist for `dedup --blocklist`."""
     from jobs import hash_index as job
 
-    overrides = {"spark": {"master": master}, "storage": {"s3_endpoint_url": s3_endpoint}, "dedup": {"images_per_shard": images_per_shard}}
-    _, stats = _run_job(
+    overrides = cli_overrides(master, s3_endpoint, dedup={"images_per_shard": images_per_shard})
+    _, stats = run_job(
         "hash-index", config, overrides, verbose,
         lambda spark, cfg: job.run(spark, sources, output, _with_dedup_rules(cfg, phash_mode=phash_mode), overwrite),
     )
-    _print_stats(stats)
+    print_stats(stats)
 
 
 @app.command()
+@stage_options
 def annotate(
     input: Annotated[list[str], typer.Option("--input", "-i", help="unique stage folder (a dedup output) or parquet files; local or s3://.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
+    output: OutputOpt,
     models: Annotated[Optional[str], typer.Option("--models", "-m", help="MODELS.toml naming the weights (see configs/models.toml); unset: offline defaults only.")] = None,
     random_models: Annotated[Optional[str], typer.Option("--random-models", help="Folder: write tiny RANDOM-weight models there if absent and use them (tests, demos).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (default), cpu or cuda.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per model batch (default 64).")] = None,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="Input rows per task and output shard.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Add COYO's score columns: CLIP B/32 + L/14 similarity, aesthetic, watermark, NSFW, faces, token counts."""
     from jobs import annotate as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "annotate": {"models": models, "random_models": random_models, "device": device, "batch_size": batch_size, "rows_per_shard": rows_per_shard},
-    }
-    _, stats = _run_job("annotate", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
-    _print_stats(stats)  # what fills each column was logged as the stage started
+    overrides = cli_overrides(master, s3_endpoint, annotate={"models": models, "random_models": random_models, "device": device, "batch_size": batch_size, "rows_per_shard": rows_per_shard})
+    _, stats = run_job("annotate", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
+    print_stats(stats)  # what fills each column was logged as the stage started
 
 
 @app.command()
+@stage_options
 def semdedup(
     input: Annotated[list[str], typer.Option("--input", "-i", help="annotate stage folder (written with [annotate] embeddings); local or s3://.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Stage output folder (local or s3://).")],
+    output: OutputOpt,
     eps: Annotated[Optional[float], typer.Option("--eps", help="Similarity > 1 - eps is a duplicate (default 0.05).")] = None,
     clusters: Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters (default 1000).")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """SemDeDup: k-means on the CLIP image embeddings, then drop rows within 1 - eps of a kept row in their cluster."""
     from jobs import semdedup as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "semdedup": {"eps": eps, "clusters": clusters},
-    }
-    _, stats = _run_job("semdedup", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
-    _print_stats(stats)
+    overrides = cli_overrides(master, s3_endpoint, semdedup={"eps": eps, "clusters": clusters})
+    _, stats = run_job("semdedup", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
+    print_stats(stats)
 
 
-models_app = typer.Typer(help="Scoring models: write random-weight checkpoints, check a MODELS.toml.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("init-random")
-def models_init_random(
-    output: Annotated[str, typer.Option("--output", "-o", help="Folder for the checkpoints and MODELS.toml.")],
-    size: Annotated[str, typer.Option("--size", help="tiny (small widths, for tests and the sample) or real (ViT-B-32, ViT-L-14, efficientnet_b3a).")] = "tiny",
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
-) -> None:
-    """Write RANDOM-weight checkpoints of the real architectures and a MODELS.toml pointing at them."""
-    from models.random_init import write_random_models
-
-    _setup_logging(False)
-    try:
-        path = write_random_models(output, size, seed)
-    except CurationError as e:
-        _fail(str(e))
-    console.print(f"wrote {path} (random weights: scores are meaningless)")
 
 
-# --- models check / models fetch (issue 20): kept together so CLI-wide error-handling changes merge cleanly ---
-@models_app.command("check")
-def models_check(
-    models: Annotated[str, typer.Argument(help="MODELS.toml to check.")],
-    load: Annotated[bool, typer.Option("--load", help="Also load every checkpoint on CPU (finds files that do not fit their architecture).")] = False,
-    s3_endpoint: EndpointOpt = None,
-) -> None:
-    """Say what fills each score column and list every problem at once (missing files, hashes, --load: bad checkpoints)."""
-    from pathlib import Path
-
-    from curation import storage
-    from curation.storage import StorageOptions
-    from models.config import load_models_config
-    from models.fetch import LEDGER, check_recorded
-    from models.registry import check_models
-
-    options = StorageOptions(s3_endpoint_url=s3_endpoint).resolved()
-    try:
-        cfg = load_models_config(models, options)
-    except CurationError as e:
-        _fail(str(e))
-    _setup_logging(False)
-    statuses = check_models(cfg, options, load=load)
-    problems = [s.line() for s in statuses if s.problem]
-    for status in statuses:
-        console.print(f"{status.column:<26} {status.line()}", markup=False, soft_wrap=True)
-    folder = Path(models).parent
-    if not storage.is_s3(models) and (folder / LEDGER).exists():
-        recorded = check_recorded(folder)
-        problems += recorded
-        console.print(f"{LEDGER}: " + ("; ".join(recorded) if recorded else "every fetched file has its recorded size and sha256"), markup=False, soft_wrap=True)
-    if problems:
-        _fail(f"{len(set(problems))} problem(s) in {models}; see above")
-
-
-@models_app.command("fetch")
-def models_fetch(
-    folder: Annotated[str, typer.Argument(help="Local folder for the checkpoints, FETCHED.json and MODELS.toml.")],
-    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated models: clip_vitb32,clip_vitl14,aesthetic_laion_v2,watermark (default: all).")] = None,
-    url: Annotated[Optional[list[str]], typer.Option("--url", help="NAME=URL: fetch NAME from URL instead (https://, http://, s3://). Repeatable.")] = None,
-    mirror: Annotated[Optional[str], typer.Option("--mirror", help="Base URL (or s3://bucket/prefix) replacing scheme://host of every canonical URL; paths are kept.")] = None,
-    allow_address: Annotated[Optional[list[str]], typer.Option("--allow-address", help="IP or CIDR the SSRF guard lets through (an internal mirror). Repeatable.")] = None,
-    s3_endpoint: EndpointOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Download the real public checkpoints (resumable, size + sha256 verified) and write FOLDER/MODELS.toml."""
-    from curation.storage import StorageOptions
-    from models.fetch import FetchOptions, fetch_models
-
-    _setup_logging(verbose)
-    overrides = []
-    for item in url or []:
-        name, sep, value = item.partition("=")
-        if not sep or not value:
-            _fail(f"--url takes NAME=URL, got {item!r}")
-        overrides.append((name.strip(), value.strip()))
-    opts = FetchOptions(
-        only=tuple(n.strip() for n in (only or "").split(",") if n.strip()), urls=tuple(overrides), mirror=mirror,
-        allowed_addresses=tuple(allow_address or ()), storage=StorageOptions(s3_endpoint_url=s3_endpoint).resolved(),
-    )  # fmt: skip
-    report = lambda f: console.print(f"{f.name:<20} {f.action:<10} {f.size:>13,} bytes  sha256 {f.sha256}  {f.path}", markup=False, soft_wrap=True)  # noqa: E731
-    try:
-        path = fetch_models(folder, opts, report)
-    except CurationError as e:  # FetchModelsError among them
-        _fail(str(e))
-    console.print(f"wrote {path}: curation annotate --models {path}", markup=False, soft_wrap=True)
-# --- end of models check / models fetch ---
-
-
-PresetFileOpt = Annotated[Optional[str], typer.Option("--preset-file", help="TOML file of custom presets (added to the built-in ones).")]
 
 
 @app.command()
+@stage_options
 def select(
     input: Annotated[str, typer.Option("--input", "-i", help="Annotated shards: a stage folder, a folder, parquet files or a glob (local or s3://).")],
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (`curation presets list`).")],
@@ -378,21 +206,13 @@ def select(
     materialize: Annotated[bool, typer.Option("--materialize", help="Also write the selected rows with their images as even parquet shards in data/.")] = False,
     rows_per_shard: Annotated[Optional[int], typer.Option("--rows-per-shard", help="--materialize: rows per shard.")] = None,
     webdataset: Annotated[Optional[bool], typer.Option("--webdataset/--no-webdataset", help="--materialize: also write webdataset tars in wds/.")] = None,
-    config: ConfigOpt = None,
-    master: MasterOpt = None,
-    s3_endpoint: EndpointOpt = None,
-    overwrite: OverwriteOpt = False,
-    verbose: VerboseOpt = False,
+    *, config, master, s3_endpoint, overwrite, verbose,
 ) -> None:
     """Select the rows a preset keeps: a sorted uid list and counts (and shards with --materialize)."""
     from jobs import select as job
 
-    overrides = {
-        "spark": {"master": master},
-        "storage": {"s3_endpoint_url": s3_endpoint},
-        "select": {"engine": engine, "preset_file": preset_file, "rows_per_shard": rows_per_shard, "webdataset": webdataset},
-    }
-    _, stats = _run_job(
+    overrides = cli_overrides(master, s3_endpoint, select={"engine": engine, "preset_file": preset_file, "rows_per_shard": rows_per_shard, "webdataset": webdataset})
+    _, stats = run_job(
         "select", config, overrides, verbose,
         lambda spark, cfg: job.run(spark, cfg, input, preset, output, materialize, overwrite),
         uses_spark=lambda cfg: cfg.select.engine == "spark",
@@ -412,7 +232,7 @@ InputOpt = Annotated[Optional[str], typer.Option("--input", "-i", help="Annotate
 def _run_without_spark(config: str | None, preset_file: str | None, s3_endpoint: str | None, verbose: bool, job: Callable):
     """``job(cfg)`` with the config and error handling of _run_job, but no Spark session (presets, report)."""
     overrides = {"storage": {"s3_endpoint_url": s3_endpoint}, "select": {"preset_file": preset_file}}
-    return _run_job("presets", config, overrides, verbose, lambda _, cfg: job(cfg), uses_spark=lambda cfg: False)[1]
+    return run_job("presets", config, overrides, verbose, lambda _, cfg: job(cfg), uses_spark=lambda cfg: False)[1]
 
 
 @presets_app.command("list")
@@ -424,7 +244,7 @@ def presets_list(
     verbose: VerboseOpt = False,
 ) -> None:
     """Every preset with its conditions and, with --input, how many rows of it each keeps."""
-    from curation.select import overview
+    from curation.stages.select import overview
 
     rows = _run_without_spark(config, preset_file, s3_endpoint, verbose, lambda cfg: overview(cfg, input))
     table = RichTable(title="presets" + (f" on {input}" if input else ""))
@@ -447,7 +267,7 @@ def presets_show(
     verbose: VerboseOpt = False,
 ) -> None:
     """One preset: its definition, its SQL and, with --input, what each condition keeps."""
-    from curation.select import show
+    from curation.stages.select import show
 
     typer.echo(json.dumps(_run_without_spark(config, preset_file, s3_endpoint, verbose, lambda cfg: show(cfg, name, input)), indent=2))
 
@@ -462,7 +282,7 @@ def report(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write a self-contained HTML report of a run: funnel, score histograms, presets, sample thumbnails."""
-    from curation.report import REPORT_NAME, write_report
+    from curation.stages.report import REPORT_NAME, write_report
     from curation.storage import join
 
     target = output or join(run_dir, REPORT_NAME)
@@ -481,11 +301,11 @@ def pipeline(
     """Run every stage in order into RUN_ROOT/<stage>/ and write RUN_ROOT/_manifest.json."""
     from jobs import pipeline as job
 
-    overrides = {"spark": {"master": master}, "storage": {"s3_endpoint_url": s3_endpoint}}
-    cfg, manifest = _run_job("pipeline", config, overrides, verbose, lambda spark, cfg: job.run(spark, cfg, overwrite))
+    overrides = cli_overrides(master, s3_endpoint)
+    cfg, manifest = run_job("pipeline", config, overrides, verbose, lambda spark, cfg: job.run(spark, cfg, overwrite))
     for name, stats in manifest["stages"].items():
-        _print_stats({"stage": name, **stats})
-    from curation.report import REPORT_NAME
+        print_stats({"stage": name, **stats})
+    from curation.stages.report import REPORT_NAME
     from curation.storage import join
 
     root = manifest["run_root"]
@@ -517,7 +337,7 @@ def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder, or
     from curation.stage import StageDir
     from curation.storage import StorageOptions
 
-    from curation.report import find_stages
+    from curation.stages.report import find_stages
     from curation.stage import STATS
 
     options = StorageOptions(s3_endpoint_url=s3_endpoint).resolved()
@@ -526,11 +346,11 @@ def stats(run_dir: Annotated[str, typer.Argument(help="A stage output folder, or
         if stage.is_complete():
             typer.echo(json.dumps(stage.stats(), indent=2))
         elif storage.exists(stage.path(STATS), options) or storage.is_dir(stage.path("_shards"), options):
-            _fail(f"{run_dir} has no _SUCCESS: the stage did not finish (rerun it to resume)")
+            fail(f"{run_dir} has no _SUCCESS: the stage did not finish (rerun it to resume)")
         else:  # a run root: every stage's stats
             typer.echo(json.dumps(find_stages(run_dir, options), indent=2))
     except CurationError as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Spark job of the dedup stage: fetched -> unique. Thin: it distributes curation.dedup's shard tasks
+"""Spark job of the dedup stage: fetched -> unique. Thin: it distributes curation.stages.dedup's shard tasks
 and runs the global decisions of jobs/dedup_decide.py between them."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from functools import partial
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 
-from curation.config import Config
-from curation.dedup import (
+from curation.stages.config import Config
+from curation.stages.dedup import (
     HASHED_DIR,
     SPEC,
     STAGE,

@@ -1,4 +1,4 @@
-"""Spark job of the download stage: text_ok -> fetched. Thin: it distributes curation.download's tasks
+"""Spark job of the download stage: text_ok -> fetched. Thin: it distributes curation.stages.download's tasks
 (one lane of shards per task, so the tasks that reach a host are bounded) with mapInArrow, or hands them
 to the local process pool (``engine = "local"``)."""
 
@@ -10,17 +10,17 @@ from functools import partial
 
 from pyspark.sql import SparkSession
 
-from curation.config import Config, ConfigError
-from curation.download import (
+from curation.stages.config import Config, ConfigError
+from curation.stages.download import (
     STAGE, WorkItem, by_lane, check_plan, download_task, pending_transient, plan_work, run_local,
 )
 from curation.lifecycle import StageSpec, Work, input_files, run_stage
 from curation.stage import StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, run_context
-from schemas import SHARD_STATS
+from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
-SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=("uid", "url", "text"))
+SPEC = StageSpec(STAGE, upstream="filter_text", input_columns=(UID, "url", "text"))
 WORK_SCHEMA = "uri string, start long, stop long, shard string, lane long, rows array<long>"
 
 

@@ -1,4 +1,4 @@
-"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes curation.extract."""
+"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes curation.stages.extract."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import IntegerType
 
 from curation import storage
-from curation.config import Config
+from curation.stages.config import Config
 from curation.errors import InputError
-from curation.extract import (
+from curation.stages.extract import (
     LINKS_DIR,
     STAGE,
     bucket_shard,
@@ -19,14 +19,13 @@ from curation.extract import (
     extract_task,
     file_shard,
     link_files,
-    plan_buckets,
     read_links_by_bucket,
     stats_extra,
 )
-from curation.lifecycle import StageSpec, Work, run_stage
+from curation.lifecycle import StageSpec, Work, plan_buckets, run_stage
 from curation.stage import StageDir
-from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
-from schemas import EXTRACTED_LINKS, SHARD_STATS
+from jobs.partitions import as_list, bucket_phase, file_phase, run_context, table_task
+from schemas import EXTRACTED_LINKS
 
 log = logging.getLogger(__name__)
 SPEC = StageSpec(STAGE, upstream=None)
@@ -37,17 +36,6 @@ def _read_links_partition(batches, stage: StageDir, n_buckets: int, skip: set[in
     for batch in batches:
         for table in read_links_by_bucket(stage, batch.column("uri").to_pylist(), n_buckets, skip):
             yield from table.to_batches()
-
-
-def _phase_a(spark: SparkSession, stage: StageDir, files: list[str], config: Config) -> set[str]:
-    """One task per crawl file; every file's marker must be readable here before the links are bucketed."""
-    todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
-    task = partial(file_tasks, task=extract_task, stage=stage, rules=config.extract.rules)
-    done = distribute(spark, todo, "index int, uri string", task, SHARD_STATS.spark_schema())
-    log.info("extract: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
-    planned = {file_shard(i) for i in range(len(files))}
-    stage.require_markers(planned)
-    return planned
 
 
 def _phase_b(spark: SparkSession, stage: StageDir, n_buckets: int) -> set[str]:
@@ -71,7 +59,7 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
     log.info("extract: %d input files -> %s", len(files), stage.uri)
 
     def work(stage: StageDir, files: list[str]) -> Work:
-        planned = _phase_a(spark, stage, files, config)
+        planned = file_phase(spark, stage, files, extract_task, config.extract.rules, file_shard, log)  # one task per crawl file
         extra = stats_extra(stage)
         if not any(extra["records"].get(kind) for kind in CRAWL_RECORDS):
             problems = "; ".join(f"{e['file']}: {e['error']}" for e in extra["file_errors"][:5])

@@ -1,4 +1,4 @@
-"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes curation.filter_text
+"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes curation.stages.filter_text
 and counts text keys with a Spark aggregation (groupBy key, count, join back), never in driver memory."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType
 
-from curation.config import Config
-from curation.filter_text import (
+from curation.stages.config import Config
+from curation.stages.filter_text import (
     BUCKET,
     CHECKED_DIR,
     COUNT,
@@ -21,13 +21,12 @@ from curation.filter_text import (
     check_task,
     frequency_partition,
     input_shard,
-    plan_buckets,
     read_checked,
 )
-from curation.lifecycle import StageSpec, Work, run_stage, input_files
+from curation.lifecycle import StageSpec, Work, input_files, plan_buckets, run_stage
 from curation.stage import StageDir
-from jobs.partitions import as_list, bucket_phase, distribute, file_tasks, run_context, table_task
-from schemas import CANDIDATES, SHARD_STATS, TEXT_OK
+from jobs.partitions import as_list, bucket_phase, file_phase, run_context, table_task
+from schemas import CANDIDATES, TEXT_OK
 
 log = logging.getLogger(__name__)
 SPEC = StageSpec(STAGE, upstream="extract", input_columns=tuple(CANDIDATES.names))
@@ -70,12 +69,7 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
     log.info("filter-text: %d candidate files -> %s", len(files), stage.uri)
 
     def work(stage: StageDir, files: list[str]) -> Work:
-        todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
-        task = partial(file_tasks, task=check_task, stage=stage, rules=config.filter_text.rules)
-        done = distribute(spark, todo, "index int, uri string", task, SHARD_STATS.spark_schema())
-        log.info("filter-text: phase A %d files (%d already done)", len(done), sum(r.skipped for r in done))
-        planned = {input_shard(i) for i in range(len(files))}
-        stage.require_markers(planned)
+        planned = file_phase(spark, stage, files, check_task, config.filter_text.rules, input_shard, log)
         n_rows = sum(s.rows_out for s in stage.completed_shards().values() if s.kept_dir == CHECKED_DIR)
         n_buckets = plan_buckets(n_rows, config.filter_text.rows_per_shard)
         planned |= _phase_b(spark, stage, n_buckets, config) & {bucket_shard(b) for b in range(n_buckets)}

@@ -3,7 +3,9 @@ curation/ to Arrow batches in and SHARD_STATS batches out."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pyarrow as pa
 from pyspark.sql import SparkSession
@@ -43,6 +45,21 @@ def distribute(spark: SparkSession, rows: list, ddl: str, partition_fn: Callable
         return []
     df = spark.createDataFrame(rows, ddl).repartition(min(len(rows), MAX_TASKS))
     return df.mapInArrow(partition_fn, schema).collect()
+
+
+def file_phase(
+    spark: SparkSession, stage: StageDir, files: list[str], task: Callable, rules, shard_of: Callable[[int], str], log: logging.Logger,
+) -> set[str]:
+    """Phase A of the bucketed stages (extract, filter-text): one ``task(stage, index, uri, rules)`` per
+    input file; every file's marker (``shard_of(index)``) must be readable here before phase B buckets
+    their rows. Returns the planned shards."""
+    todo = [{"index": i, "uri": f} for i, f in enumerate(files)]
+    work = partial(file_tasks, task=task, stage=stage, rules=rules)
+    done = distribute(spark, todo, "index int, uri string", work, SHARD_STATS.spark_schema())
+    log.info("%s: phase A %d files (%d already done)", stage.stage.replace("_", "-"), len(done), sum(r.skipped for r in done))
+    planned = {shard_of(i) for i in range(len(files))}
+    stage.require_markers(planned)
+    return planned
 
 
 def run_context(spark: SparkSession | None, overwrite: bool, redo_stale: bool) -> RunContext:

@@ -19,7 +19,7 @@ import time
 from pyspark.sql import SparkSession
 
 from curation import __version__, storage
-from curation.config import Config, ConfigError
+from curation.stages.config import Config, ConfigError
 from curation.errors import StaleStageError
 from curation.stage import StageDir
 
@@ -133,7 +133,7 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
         },
     }
     storage.write_bytes_atomic(storage.join(root, "_manifest.json"), json.dumps(manifest, indent=2).encode(), opts)
-    from curation.report import REPORT_NAME, write_report
+    from curation.stages.report import REPORT_NAME, write_report
 
     write_report(root, storage.join(root, REPORT_NAME), cfg)  # covers whichever stage folders the run holds
     return manifest

@@ -1,5 +1,5 @@
 """Spark job of the semdedup stage: annotated -> annotated without semantic duplicates. Thin: it
-distributes curation.semdedup (sample -> k-means on the driver -> assignment per file -> decisions per
+distributes curation.stages.semdedup (sample -> k-means on the driver -> assignment per file -> decisions per
 cluster -> one output shard per input file)."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from curation.config import Config
+from curation.stages.config import Config
 from curation.lifecycle import Work, input_files, run_stage
-from curation.semdedup import (
+from curation.stages.semdedup import (
     ASSIGNED_DDL, DECISIONS_DDL, SPEC, STAGE, apply_task, assign, binary_matrix, check_embeddings, decide_partition,
     embedding_bytes, load_centroids, read_file, read_histogram, sample_rows, save_centroids, shard_name, total_rows,
     train_centroids, write_histogram,
 )
 from curation.stage import StageDir, shard_stats_batch
 from jobs.partitions import MAX_TASKS, as_list, run_context, whole_partition
-from schemas import SHARD_STATS
+from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def _sample_partition(batches, fraction: float, keep_by: str, options):
     for batch in batches:
         for uri in batch.column("uri").to_pylist():
             table, emb = read_file(uri, keep_by, options)
-            uids, rows = sample_rows(table.column("uid").to_pylist(), emb, fraction)
-            yield pa.RecordBatch.from_arrays([pa.array(uids, pa.string()), embedding_bytes(rows)], ["uid", "emb"])
+            uids, rows = sample_rows(table.column(UID).to_pylist(), emb, fraction)
+            yield pa.RecordBatch.from_arrays([pa.array(uids, pa.string()), embedding_bytes(rows)], [UID, "emb"])
 
 
 def _assign_partition(batches, centroids: np.ndarray, keep_by: str, block_rows: int, options):
@@ -46,9 +46,9 @@ def _assign_partition(batches, centroids: np.ndarray, keep_by: str, block_rows: 
             table, emb = read_file(uri, keep_by, options)
             clusters = assign(emb, centroids, block_rows)
             yield pa.RecordBatch.from_arrays(
-                [pa.array(np.full(table.num_rows, index, np.int32)), table.column("uid").combine_chunks(),
+                [pa.array(np.full(table.num_rows, index, np.int32)), table.column(UID).combine_chunks(),
                  table.column("score").combine_chunks(), pa.array(clusters), embedding_bytes(emb)],
-                ["file_index", "uid", "score", "cluster", "emb"],
+                ["file_index", UID, "score", "cluster", "emb"],
             )
 
 
@@ -63,7 +63,7 @@ def _apply_partition(batches, stage: StageDir, files: list[str]):
     if table is None:
         return
     indices = sorted(set(table.column("file_index").to_pylist()))
-    table = table.filter(table.column("uid").is_valid())  # drop the one-per-file markers
+    table = table.filter(table.column(UID).is_valid())  # drop the one-per-file markers
     yield shard_stats_batch([apply_task(stage, i, files[i], table.filter(pc.equal(table.column("file_index"), i)))
                              for i in indices])
 
@@ -78,7 +78,7 @@ def centroids_for(spark: SparkSession, stage: StageDir, files: list[str], config
     fraction = min(1.0, opts.train_sample / max(total, 1))
     sample = _files(spark, files).mapInArrow(
         partial(_sample_partition, fraction=fraction, keep_by=opts.keep_by, options=stage.storage), "uid string, emb binary"
-    ).toArrow().sort_by("uid")
+    ).toArrow().sort_by(UID)
     log.info("semdedup: training k-means (%d clusters asked) on %d of %d rows", opts.clusters, sample.num_rows, total)
     centroids = train_centroids(binary_matrix(sample.column("emb")), opts.clusters, opts.iterations, opts.seed)
     save_centroids(stage, centroids)
@@ -105,7 +105,7 @@ def _decide_and_apply(spark: SparkSession, stage: StageDir, files: list[str], co
     log.info("semdedup: assignment and per-cluster decisions done at %.1fs", time.perf_counter() - started)
     rejected = decisions.where(F.col("kept_uid").isNotNull() & F.col("file_index").isin(todo))
     markers = spark.createDataFrame([(i, None, None, None) for i in todo], "file_index int, uid string, kept_uid string, similarity float")
-    written = rejected.select("file_index", "uid", "kept_uid", "similarity").unionByName(markers).repartition(
+    written = rejected.select("file_index", UID, "kept_uid", "similarity").unionByName(markers).repartition(
         min(len(todo), MAX_TASKS), "file_index"
     ).mapInArrow(partial(_apply_partition, stage=stage, files=files), SHARD_STATS.spark_schema()).collect()
     log.info("semdedup: wrote %d shards (%d clusters)", sum(not r.skipped for r in written), len(centroids))

@@ -1,6 +1,6 @@
 """Stage tables and rejection reasons: the single definition both pyarrow and Spark use."""
 
-from schemas.reasons import Reason
+from schemas.reasons import Reason, Rejection
 from schemas.tables import (
     ANNOTATED,
     CANDIDATES,
@@ -13,7 +13,7 @@ from schemas.tables import (
     Column,
     Table,
 )
-from schemas.tables import HASH_LIST, UNIQUE
+from schemas.tables import DETAIL, HASH_LIST, REASON, STAGE_COLUMN, TEXT, UID, UID_LIST, UNIQUE, URL
 
 __all__ = [
     "ANNOTATED",
@@ -26,7 +26,15 @@ __all__ = [
     "TEXT_OK",
     "HASH_LIST",
     "UNIQUE",
+    "UID_LIST",
+    "UID",
+    "URL",
+    "TEXT",
+    "STAGE_COLUMN",
+    "REASON",
+    "DETAIL",
     "Column",
     "Reason",
+    "Rejection",
     "Table",
 ]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import NamedTuple
+
+from schemas.tables import DETAIL, REASON, UID
 
 
 class Reason(StrEnum):
@@ -57,3 +60,15 @@ class Reason(StrEnum):
     @classmethod
     def values(cls) -> list[str]:
         return [r.value for r in cls]
+
+
+class Rejection(NamedTuple):
+    """The one verdict of every rule that drops a row (text, image, fetch, dedup): why, and the detail
+    (the offending value, the error message, the uid kept instead). A rule returns None to keep."""
+
+    reason: Reason
+    detail: str | None = None
+
+    def row(self, uid: str) -> dict:
+        """The rejected row of ``uid`` (curation.stage.rejected_table adds the stage)."""
+        return {UID: uid, REASON: self.reason, DETAIL: self.detail}

@@ -92,12 +92,20 @@ class Table:
         return table.select(self.names).cast(self.arrow_schema())
 
 
+# Column names the code refers to by name: written here once, used by the tables below and the code.
+UID = "uid"
+URL = "url"
+TEXT = "text"
+STAGE_COLUMN = "stage"
+REASON = "reason"
+DETAIL = "detail"
+
 CANDIDATES = Table(
     "candidates",
     (
-        Column("uid", "string", False, "md5 hex of alt text + absolute image url (as cc2dataset computes it)"),
-        Column("url", "string", False, "absolute http(s) image url"),
-        Column("text", "string", False, "alt text as found on the page"),
+        Column(UID, "string", False, "md5 hex of alt text + absolute image url (as cc2dataset computes it)"),
+        Column(URL, "string", False, "absolute http(s) image url"),
+        Column(TEXT, "string", False, "alt text as found on the page"),
         Column("page_url", "string", True, "url of the page that holds the image"),
         Column("source_file", "string", False, "crawl file the pair came from"),
     ),
@@ -119,10 +127,10 @@ TEXT_OK = CANDIDATES.extend(
 REJECTED = Table(
     "rejected",
     (
-        Column("uid", "string", False, "uid of the dropped row (for file/record failures: md5 of file#record)"),
-        Column("stage", "string", False, "stage that dropped it"),
-        Column("reason", "string", False, "a schemas.Reason value"),
-        Column("detail", "string", True, "error message, offending value or the uid that was kept instead"),
+        Column(UID, "string", False, "uid of the dropped row (for file/record failures: md5 of file#record)"),
+        Column(STAGE_COLUMN, "string", False, "stage that dropped it"),
+        Column(REASON, "string", False, "a schemas.Reason value"),
+        Column(DETAIL, "string", True, "error message, offending value or the uid that was kept instead"),
     ),
 )
 
@@ -161,8 +169,8 @@ ANNOTATED = Table(
     "annotated",
     (
         Column("id", "int64", False),
-        Column("url", "string", False),
-        Column("text", "string", False),
+        Column(URL, "string", False),
+        Column(TEXT, "string", False),
         Column("width", "int32"),
         Column("height", "int32"),
         Column("image_phash", "string"),
@@ -177,7 +185,7 @@ ANNOTATED = Table(
         Column("nsfw_score_gantman", "float32"),
         Column("watermark_score", "float32"),
         Column("aesthetic_score_laion_v2", "float32"),
-        Column("uid", "string", False),
+        Column(UID, "string", False),
         Column("image_bytes", "binary"),
         # beyond COYO: the offline NSFW default (nudenet's shipped detector), in its own column
         Column("nsfw_score_nudenet", "float32", True, "highest exposed-body-part score NudeDetector.detect reports (320n detector), 0 when none"),
@@ -187,7 +195,7 @@ ANNOTATED = Table(
 # Output of `select`: the uids a preset keeps, sorted (DataComp's apply_filter writes such a list).
 UID_LIST = Table(
     "uid_list",
-    (Column("uid", "string", False, "uid of a selected annotated row"),),
+    (Column(UID, "string", False, "uid of a selected annotated row"),),
 )
 
 # Per-shard accounting returned by jobs to the driver (counted from the written rows).

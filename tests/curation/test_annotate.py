@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from curation.lifecycle import input_files
-from curation.annotate import (
+from curation.stages.annotate import (
     SPEC,
     InputError,
     annotate_task,
@@ -40,7 +40,7 @@ def test_id_is_the_top_63_bits_of_the_uids_md5():
 
 
 def test_annotate_reads_columns_the_unique_table_has():
-    from curation.annotate import INPUT_COLUMNS
+    from curation.stages.annotate import INPUT_COLUMNS
     from schemas.tables import UNIQUE
 
     assert set(INPUT_COLUMNS) <= set(UNIQUE.names)

@@ -11,7 +11,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from curation import crawl
+from curation import crawl_wat
 from curation.crawl import (
     FileExtraction,
     collapse_duplicates,
@@ -201,8 +201,8 @@ def test_target_uri_unwraps_wget_angle_brackets(value, expected):
 @pytest.mark.parametrize("where", ["wat_json", "record_header"])
 def test_wat_record_with_wget_target_uri_resolves_relative_links(tmp_path, monkeypatch, reading, where):
     slow_calls = []
-    slow = crawl._process_wat_record_slow
-    monkeypatch.setattr(crawl, "_process_wat_record_slow", lambda *a: slow_calls.append(1) or slow(*a))
+    slow = crawl_wat._process_wat_record_slow
+    monkeypatch.setattr(crawl_wat, "_process_wat_record_slow", lambda *a: slow_calls.append(1) or slow(*a))
     page = "<https://example.com/dir/page.html>"
     links = [img("/images/a.jpg"), img("b.jpg"), img("//cdn.example.org/c.jpg"), img("https://example.com/d.jpg"), img("e.jpg", alt="")]
     payload = wat_payload(links, page=page if where == "wat_json" else "")

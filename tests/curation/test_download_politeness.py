@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from curation.config import DownloadOptions
-from curation.download import fetch_rows
+from curation.stages.config import DownloadOptions
+from curation.stages.download import fetch_rows
 from curation.fetch import FetchOptions, is_transient
 from curation.politeness import PolitenessOptions
 from filters.image import StoredImage

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import curation.hashing as hashing_module
+import curation.robust_key as hashing_module
 from curation.hashing import (
     ASPECT_LENGTHS,
     ASPECT_PLACES,
@@ -384,7 +384,7 @@ def test_hashing_holds_blas_to_one_thread_and_restores_the_callers_setting():
 def test_the_dedup_rules_choose_the_windows_the_stage_hashes():
     import pyarrow as pa
 
-    from curation.dedup import hash_images
+    from curation.stages.dedup import hash_images
     from filters.dedup import DedupRules
 
     boxed = _encode(_bars(_small_photo(ISSUE19_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)

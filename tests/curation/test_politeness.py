@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from curation.config import ConfigError, load_config
-from curation.download import auto_lanes, by_lane, plan_host_shards, plan_slices
+from curation.stages.config import ConfigError, load_config
+from curation.stages.download import auto_lanes, by_lane, plan_host_shards, plan_slices
 from curation.politeness import HostScheduler, Lanes, PolitenessOptions, Signal, _crc, host_of, lane_of
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import load_config
-from curation.report import (
+from curation.stages.config import load_config
+from curation.stages.report import (
     HISTOGRAM_COLUMNS,
     DuckDBEngine,
     histogram_counts,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from curation.report import RANDOM_MARK, score_notes
+from curation.stages.report import RANDOM_MARK, score_notes
 
 COLUMNS = {
     "clip_similarity_vitb32": "open_clip ViT-B-32 from /run/models/vitb32.safetensors",

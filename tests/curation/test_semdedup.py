@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.semdedup import (
+from curation.stages.semdedup import (
     assign,
     binary_matrix,
     brute_force,
@@ -113,7 +113,7 @@ def test_training_sample_depends_on_the_uids_only():
 def test_the_report_draws_the_nearest_neighbour_histogram_a_semdedup_stage_counted(tmp_path):
     import json
 
-    from curation.report import stage_histograms
+    from curation.stages.report import stage_histograms
     from curation.stage import StageDir
 
     hist = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 4], "rows": 7}
@@ -124,7 +124,7 @@ def test_the_report_draws_the_nearest_neighbour_histogram_a_semdedup_stage_count
 
 
 def test_the_second_sample_config_runs_semdedup_after_annotate_with_embeddings():
-    from curation.config import load_config
+    from curation.stages.config import load_config
 
     cfg = load_config("configs/sample-semdedup.toml")
     assert cfg.pipeline.stages[-2:] == ("annotate", "semdedup") and cfg.annotate.embeddings == "vitb32"

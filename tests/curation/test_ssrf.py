@@ -184,9 +184,9 @@ def test_sample_links_are_fetched_or_blocked_without_any_dns_query(image_server,
     asked only about literal addresses."""
     import socket
 
-    from curation.config import load_config
+    from curation.stages.config import load_config
     from curation.crawl import extract_file
-    from curation.download import download_table
+    from curation.stages.download import download_table
     from curation.sample import write_sample
     from tests.conftest import REPO
 

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.select import DuckDBEngine, count, uid_query
+from curation.stages.select import uid_query
+from curation.stages.selection import DuckDBEngine, count
 from filters.presets import (
     DUCKDB,
     SPARK,

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.config import Config, DedupOptions
-from curation.dedup import SettingsChangedError, final_shard
+from curation.stages.config import Config, DedupOptions
+from curation.stages.dedup import SettingsChangedError, final_shard
 from curation.hashing import hamming, phash
 from curation.stage import SHARDS, StageDir
 from filters.dedup import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from curation.config import Config, ExtractOptions
+from curation.stages.config import Config, ExtractOptions
 from curation.crawl import collapse_duplicates, extract_file
 from curation.stage import InputsChangedError
 from curation.stage import StageDir

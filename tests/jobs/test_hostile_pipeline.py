@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from curation.config import load_config
+from curation.stages.config import load_config
 from curation.crawl import resolve_url
 from curation.stage import DATA, REJECTED_DIR, StageDir, count_reasons
 from jobs import pipeline

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import load_config
+from curation.stages.config import load_config
 from curation.errors import StaleStageError
 from curation.sample import write_sample
 from curation.stage import StageDir

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curation import storage
-from curation.config import load_config
+from curation.stages.config import load_config
 from curation.images_sample import sample_images
 from curation.sample import write_sample
 from curation.stage import DATA, REJECTED_DIR, StageDir

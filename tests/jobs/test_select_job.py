@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.config import load_config
-from curation.select import even_shards, read_uids
+from curation.stages.config import load_config
+from curation.stages.select import read_uids
+from curation.writers import even_shards
 from jobs import select as job
 from jobs.cli import app
 from schemas import ANNOTATED

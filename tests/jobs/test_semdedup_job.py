@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.config import AnnotateOptions, Config, SemdedupOptions
+from curation.stages.config import AnnotateOptions, Config, SemdedupOptions
 from curation.errors import InputError
-from curation.semdedup import brute_force
+from curation.stages.semdedup import brute_force
 from curation.stage import StageDir
 from jobs import annotate, pipeline
 from jobs import semdedup as job

@@ -26,12 +26,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from curation import storage
-from curation.config import Config, ReportOptions
+from curation.stages.config import Config, ReportOptions
 from curation.errors import InputError, MissingFileError
-from curation.select import VIEW, DuckDBEngine, Selection, input_schema, keep_counts, register_parquet
+from curation.stages.selection import VIEW, DuckDBEngine, Selection, input_schema, keep_counts, register_parquet
 from curation.stage import REJECTED_DIR, STATS, StageDir
 from curation.storage import StorageOptions
 from filters.presets import Preset, load_presets
+from schemas import DETAIL, UID
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ HISTOGRAM_COLUMNS = (
     "nsfw_score_opennsfw2",
     "nsfw_score_gantman",
 )
-SAMPLE_COLUMNS = ("uid", "text", "url", "image_bytes")
+SAMPLE_COLUMNS = (UID, "text", "url", "image_bytes")
 
 
 @dataclass(frozen=True)
@@ -234,10 +235,10 @@ def _samples(con: duckdb.DuckDBPyConnection, sql: str, params: dict, opts: Repor
     rows = con.sql(sql, params=params).to_arrow_table().to_pylist()
     return [
         Sample(
-            uid=r["uid"],
+            uid=r[UID],
             text=r.get("text"),
             url=r.get("url"),
-            detail=r.get("detail"),
+            detail=r.get(DETAIL),
             thumbnail=thumbnail(r.get("image_bytes"), opts.thumbnail_px),
         )
         for r in rows
@@ -281,7 +282,7 @@ def rejection_summaries(
     if upstream_files:
         register_parquet(con, "upstream", upstream_files, stage.storage)
         names = input_schema(upstream_files, stage.storage).names
-        if "uid" in names:
+        if UID in names:
             sql = f"SELECT {_sample_columns(names)} FROM upstream WHERE list_contains($uids, uid)"
             found = {s.uid: s for s in _samples(con, sql, {"uids": [u for _, u, _ in picked]}, opts)}
     by_reason: dict[str, list[Sample]] = {}
@@ -297,7 +298,7 @@ def _annotated(stages: list[StageDir]) -> tuple[StageDir, pa.Schema] | None:
         files = stage.files()
         if files:
             schema = input_schema(files, stage.storage)
-            if {"uid", *HISTOGRAM_COLUMNS} <= set(schema.names):
+            if {UID, *HISTOGRAM_COLUMNS} <= set(schema.names):
                 return stage, schema
     return None
 

@@ -23,12 +23,9 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import storage
-from curation.extract import plan_buckets
-from curation.stage import ShardStats, StageDir, read_parquet
-from curation.storage import StorageOptions
+from curation.stage import ShardStats, StageDir, read_parquet, rejected_table
 from filters.text import TextRules, check_captions, text_key
-from schemas import CANDIDATES, REJECTED, TEXT_OK, Reason
+from schemas import CANDIDATES, DETAIL, REASON, TEXT_OK, UID, Reason
 
 STAGE = "filter_text"
 CHECKED_DIR = "_work/checked"
@@ -36,7 +33,7 @@ KEY = "text_key"
 BUCKET = "bucket"
 COUNT = "text_count"
 
-__all__ = ["STAGE", "CHECKED_DIR", "plan_buckets"]
+__all__ = ["STAGE", "CHECKED_DIR"]
 
 
 def input_shard(index: int) -> str:
@@ -78,16 +75,15 @@ def check_table(candidates: pa.Table, rules: TextRules) -> tuple[pa.Table, pa.Ta
     changed = [None if verdicts.texts[i] == originals[i] else originals[i] for i in kept_idx]
     kept = kept.set_column(kept.schema.get_field_index("text"), "text", pa.array(normalised, pa.string()))
     kept = TEXT_OK.conform(kept.append_column("text_original", pa.array(changed, pa.string())))
-    uids = candidates.column("uid").to_pylist()
+    uids = candidates.column(UID).to_pylist()
     rejected_idx = [i for i, r in enumerate(verdicts.reasons) if r is not None]
-    rejected = pa.table(
+    rejected = rejected_table(
         {
-            "uid": pa.array([uids[i] for i in rejected_idx], pa.string()),
-            "stage": pa.array([STAGE] * len(rejected_idx), pa.string()),
-            "reason": pa.array([str(verdicts.reasons[i]) for i in rejected_idx], pa.string()),
-            "detail": pa.array([verdicts.details[i] for i in rejected_idx], pa.string()),
+            UID: [uids[i] for i in rejected_idx],
+            REASON: [verdicts.reasons[i] for i in rejected_idx],
+            DETAIL: [verdicts.details[i] for i in rejected_idx],
         },
-        schema=REJECTED.arrow_schema(),
+        STAGE,
     )
     return kept, rejected
 
@@ -108,7 +104,7 @@ def check_task(stage: StageDir, index: int, uri: str, rules: TextRules) -> Shard
 def with_key_and_bucket(table: pa.Table, n_buckets: int) -> pa.Table:
     table = TEXT_OK.conform(table)
     keys = pa.array([text_key(t) for t in table.column("text").to_pylist()], pa.string())
-    buckets = pa.array([bucket_of(u, n_buckets) for u in table.column("uid").to_pylist()], pa.int32())
+    buckets = pa.array([bucket_of(u, n_buckets) for u in table.column(UID).to_pylist()], pa.int32())
     return table.append_column(KEY, keys).append_column(BUCKET, buckets)
 
 
@@ -127,19 +123,15 @@ def split_frequent(rows: pa.Table, rules: TextRules) -> tuple[pa.Table, pa.Table
         frequent = pc.fill_null(pc.greater(counts, rules.max_frequency), False)
     else:
         frequent = pa.array([False] * rows.num_rows, pa.bool_())
-    kept = TEXT_OK.conform(rows.filter(pc.invert(frequent))).sort_by("uid")
-    dropped = rows.filter(frequent).sort_by("uid")
-    rejected = pa.table(
+    kept = TEXT_OK.conform(rows.filter(pc.invert(frequent))).sort_by(UID)
+    dropped = rows.filter(frequent).sort_by(UID)
+    rejected = rejected_table(
         {
-            "uid": dropped.column("uid"),
-            "stage": pa.array([STAGE] * dropped.num_rows, pa.string()),
-            "reason": pa.array([str(Reason.FREQUENT_TEXT)] * dropped.num_rows, pa.string()),
-            "detail": pa.array(
-                [f"text appears {n} times > {rules.max_frequency}" for n in dropped.column(COUNT).to_pylist()],
-                pa.string(),
-            ),
+            UID: dropped.column(UID),
+            REASON: [Reason.FREQUENT_TEXT] * dropped.num_rows,
+            DETAIL: [f"text appears {n} times > {rules.max_frequency}" for n in dropped.column(COUNT).to_pylist()],
         },
-        schema=REJECTED.arrow_schema(),
+        STAGE,
     )
     return kept, rejected
 

@@ -38,12 +38,12 @@ from filters.dedup import (
     phash_to_int64,
     text_key,
 )
-from schemas import HASH_LIST, UNIQUE, Reason
+from schemas import DETAIL, HASH_LIST, REASON, UID, UNIQUE, Reason, Rejection
 
 STAGE = "dedup"
 INDEX_STAGE = "hash_index"
 HASHED_DIR = "_work/hashed"
-REQUIRED_INPUT = ("uid", "text", "width", "height", "image_bytes")
+REQUIRED_INPUT = (UID, "text", "width", "height", "image_bytes")
 
 
 
@@ -105,7 +105,7 @@ def keys_table(table: pa.Table, shard: int, results: list[KeyResult], reject_bla
         {
             "shard": pa.array(np.full(len(rows), shard, np.int32)),
             "row": pa.array(rows.astype(np.int64)),
-            "uid": pc.take(table.column("uid"), pa.array(rows)),
+            UID: pc.take(table.column(UID), pa.array(rows)),
             "phash": pa.array(phash_to_int64([results[i].phash for i in rows])),
             "text_key": pa.array([hashlib.md5(text_key(texts[i]).encode()).hexdigest() for i in rows], pa.string()),
             "pixels": pa.array((width * height)[rows]),
@@ -129,13 +129,13 @@ def hash_task(stage: StageDir, index: int, uri: str, rules: DedupRules) -> Shard
     table = read_parquet(uri, stage.storage)
     check_columns(table, uri)
     results = hash_images(table.column("image_bytes"), rules)
-    uids = table.column("uid").to_pylist()
+    uids = table.column(UID).to_pylist()
     rejected = []
     for i, r in enumerate(results):
         if r.phash is None:
-            rejected.append({"uid": uids[i], "reason": Reason.NOT_DECODABLE, "detail": r.error})
+            rejected.append(Rejection(Reason.NOT_DECODABLE, r.error).row(uids[i]))
         elif r.blank and rules.reject_blank:
-            rejected.append({"uid": uids[i], "reason": Reason.BLANK_IMAGE, "detail": r.blank})
+            rejected.append(Rejection(Reason.BLANK_IMAGE, r.blank).row(uids[i]))
     return stage.write_shard(
         shard,
         keys_table(table, index, results, rules.reject_blank),
@@ -179,13 +179,7 @@ def apply_task(stage: StageDir, index: int, uri: str, decisions: pa.Table) -> Sh
     decided_rows = decisions.column("row")
     kept_keys = keys.filter(pc.invert(pc.is_in(keys.column("row"), decided_rows)))
     decisions = decisions.sort_by([("row", "ascending")])
-    rejected = rejected_table(
-        [
-            {"uid": u, "reason": Reason(r), "detail": d}
-            for u, r, d in zip(*(decisions.column(c).to_pylist() for c in ("uid", "reason", "detail")))
-        ],
-        STAGE,
-    )
+    rejected = rejected_table({c: decisions.column(c) for c in (UID, REASON, DETAIL)}, STAGE)
     return stage.write_shard(
         shard, unique_table(table, kept_keys), rejected, rows_in=keys.num_rows, extra={"file": uri}
     )
@@ -297,7 +291,7 @@ def index_task(stage: StageDir, unit: IndexUnit, rules: DedupRules) -> ShardStat
         [{"image_phash": h, "set_name": unit.set_name, "source": s} for s, h in zip(sources, hashes) if h is not None]
     )
     rejected = [
-        {"uid": hashlib.md5(s.encode()).hexdigest(), "reason": Reason.NOT_DECODABLE, "detail": f"{s}: {e}"}
+        {UID: hashlib.md5(s.encode()).hexdigest(), REASON: Reason.NOT_DECODABLE, DETAIL: f"{s}: {e}"}
         for s, h, e in zip(sources, hashes, errors)
         if h is None
     ]

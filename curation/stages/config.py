@@ -1,4 +1,8 @@
-"""Run configuration: typed dataclasses with COYO-700M defaults, loaded from TOML."""
+"""Run configuration: typed dataclasses with COYO-700M defaults, loaded from TOML.
+
+It sits in the stage layer because it gathers the rules of every layer below (crawl, fetch, politeness,
+storage from the core; text, image and dedup rules from filters/). ``ConfigError`` lives in
+``curation.errors`` so the core can raise it; it is re-exported here."""
 
 from __future__ import annotations
 
@@ -11,17 +15,13 @@ from typing import Any
 
 from curation import storage
 from curation.crawl import ExtractRules
-from curation.errors import CurationError
+from curation.errors import ConfigError
 from curation.fetch import FetchOptions
 from curation.politeness import PolitenessOptions
 from curation.storage import StorageOptions
 from filters.dedup import DedupRules
 from filters.image import ImageRules
 from filters.text import TextRules
-
-
-class ConfigError(CurationError, ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from curation.storage import StorageOptions
 from models.config import ModelsConfig
 from models.registry import SCORE_COLUMNS
 from models.runner import RunOptions, Scored, get_runner
-from schemas import ANNOTATED, Reason
+from schemas import ANNOTATED, DETAIL, REASON, UID, Reason
 
 log = logging.getLogger(__name__)
 
 STAGE = "annotate"
 # reads the dedup stage's output (or parquet files with its columns)
-INPUT_COLUMNS = ("uid", "url", "text", "width", "height", "image_bytes", "image_phash")
+INPUT_COLUMNS = (UID, "url", "text", "width", "height", "image_bytes", "image_phash")
 SPEC = StageSpec(STAGE, upstream="dedup", input_columns=INPUT_COLUMNS, finished_input=False)
 ID_BITS = 63
 
@@ -114,7 +114,7 @@ def annotated_table(table: pa.Table, scored: Scored, id_bits: int = ID_BITS) -> 
     texts = kept.column("text").to_pylist()
     n = kept.num_rows
     columns = {
-        "id": pa.array([row_id(u, bits=id_bits) for u in kept.column("uid").to_pylist()], pa.int64()),
+        "id": pa.array([row_id(u, bits=id_bits) for u in kept.column(UID).to_pylist()], pa.int64()),
         "url": kept.column("url"),
         "text": kept.column("text"),
         "width": kept.column("width"),
@@ -122,7 +122,7 @@ def annotated_table(table: pa.Table, scored: Scored, id_bits: int = ID_BITS) -> 
         "image_phash": kept.column("image_phash"),
         "text_length": pa.array(text_length(texts)),
         "word_count": pa.array(word_count(texts)),
-        "uid": kept.column("uid"),
+        UID: kept.column(UID),
         "image_bytes": kept.column("image_bytes"),
     }
     schema = ANNOTATED.arrow_schema()
@@ -134,9 +134,9 @@ def annotated_table(table: pa.Table, scored: Scored, id_bits: int = ID_BITS) -> 
 
 
 def rejected_rows(table: pa.Table, scored: Scored) -> list[dict]:
-    uids = table.column("uid").to_pylist()
+    uids = table.column(UID).to_pylist()
     return [
-        {"uid": uid, "reason": Reason.NOT_DECODABLE, "detail": err}
+        {UID: uid, REASON: Reason.NOT_DECODABLE, DETAIL: err}
         for uid, err in zip(uids, scored.errors)
         if err is not None
     ]
@@ -213,7 +213,7 @@ def rewrite_ids(stage: StageDir, shard: str, new_ids: dict[str, int]) -> None:
     """Rewrite one shard with the reassigned ids (rows and counts unchanged; same atomic write)."""
     kept = read_parquet(stage.path(DATA, f"{shard}.parquet"), stage.storage)
     rejected = read_parquet(stage.path(REJECTED_DIR, f"{shard}.parquet"), stage.storage)
-    ids = [new_ids.get(u, i) for u, i in zip(kept.column("uid").to_pylist(), kept.column("id").to_pylist())]
+    ids = [new_ids.get(u, i) for u, i in zip(kept.column(UID).to_pylist(), kept.column("id").to_pylist())]
     kept = kept.set_column(kept.schema.get_field_index("id"), "id", pa.array(ids, pa.int64()))
     marker = stage.completed_shards()[shard]
     stage.write_shard(shard, ANNOTATED.conform(kept), rejected, rows_in=marker.rows_in, extra=marker.extra)
@@ -223,7 +223,7 @@ def ids_of_file(uri: str, options: StorageOptions | None = None) -> pa.Table:
     """(id, uid, shard) of one output file, for the collision check."""
     fs, path = storage.filesystem(uri, options)
     with fs.open_input_file(path) as fh:
-        table = pq.read_table(fh, columns=["id", "uid"])
+        table = pq.read_table(fh, columns=["id", UID])
     shard = storage.basename(uri)[: -len(".parquet")]
     return table.append_column("shard", pa.array([shard] * table.num_rows, pa.string()))
 
@@ -231,7 +231,7 @@ def ids_of_file(uri: str, options: StorageOptions | None = None) -> pa.Table:
 def collision_groups(rows: Iterable[dict]) -> dict[int, list[str]]:
     groups: dict[int, list[str]] = {}
     for r in rows:
-        groups.setdefault(r["id"], []).append(r["uid"])
+        groups.setdefault(r["id"], []).append(r[UID])
     return {i: u for i, u in groups.items() if len(u) > 1}
 
 

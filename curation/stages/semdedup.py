@@ -33,12 +33,12 @@ from curation.errors import InputError
 from curation.lifecycle import StageSpec
 from curation.stage import ShardStats, StageDir, rejected_table
 from curation.storage import StorageOptions
-from schemas import Reason
+from schemas import DETAIL, REASON, UID, Reason
 
 log = logging.getLogger(__name__)
 
 STAGE = "semdedup"
-SPEC = StageSpec(STAGE, upstream="annotate", input_columns=("uid",))
+SPEC = StageSpec(STAGE, upstream="annotate", input_columns=(UID,))
 CENTROIDS = "_work/centroids.npy"
 # rows handed from the assignment step to the per-cluster step (emb: float16 bytes of the normalised embedding)
 ASSIGNED_DDL = "file_index int, uid string, score double, cluster int, emb binary"
@@ -65,12 +65,12 @@ def read_file(uri: str, keep_by: str, options: StorageOptions | None = None) -> 
         names = pq.read_schema(fh).names
         if keep_by not in names:
             raise InputError(f"{uri} has no column {keep_by!r} ([semdedup] keep_by)")
-        table = pq.read_table(fh, columns=["uid", keep_by])
+        table = pq.read_table(fh, columns=[UID, keep_by])
     emb = read_npy(image_embeddings_of(uri), options)
     if emb.ndim != 2 or len(emb) != table.num_rows:
         raise InputError(f"{image_embeddings_of(uri)} holds {emb.shape} embeddings for {table.num_rows} rows of {uri}")
     scores = table.column(keep_by).cast(pa.float64()).fill_null(-np.inf)
-    return pa.table({"uid": table.column("uid"), "score": scores}), emb
+    return pa.table({UID: table.column(UID), "score": scores}), emb
 
 
 def check_embeddings(files: list[str], options: StorageOptions | None = None) -> None:
@@ -207,7 +207,7 @@ def binary_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def decide_partition(table: pa.Table, eps: float, block_rows: int) -> pa.Table:
     """ASSIGNED rows of any number of whole clusters -> one DECISIONS row per input row."""
     clusters = table.column("cluster").to_numpy()
-    uids = table.column("uid").to_pylist()
+    uids = table.column(UID).to_pylist()
     scores = table.column("score").to_numpy(zero_copy_only=False)
     all_emb = binary_matrix(table.column("emb"))
     out_kept: list[str | None] = [None] * len(uids)
@@ -224,7 +224,7 @@ def decide_partition(table: pa.Table, eps: float, block_rows: int) -> pa.Table:
                 out_sim[i] = decided["similarity"][local]
     return pa.table({
         "file_index": table.column("file_index"),
-        "uid": table.column("uid"),
+        UID: table.column(UID),
         "kept_uid": pa.array(out_kept, pa.string()),
         "similarity": pa.array(out_sim, pa.float32(), mask=np.isnan(out_sim)),
         "nn_similarity": pa.array(out_nn, pa.float32()),
@@ -270,13 +270,13 @@ def apply_task(stage: StageDir, file_index: int, uri: str, rejected: pa.Table) -
     fs, path = storage.filesystem(uri, stage.storage)
     with fs.open_input_file(path) as fh:
         table = pq.read_table(fh)
-    drop = pc.is_in(table.column("uid"), value_set=rejected.column("uid"))
+    drop = pc.is_in(table.column(UID), value_set=rejected.column(UID))
     kept = table.filter(pc.invert(drop))
     if kept.num_rows + rejected.num_rows != table.num_rows:
         raise InputError(f"semdedup: {uri} has {table.num_rows} rows; {rejected.num_rows} decisions name uids it does not hold once")
     rows = [
-        {"uid": u, "reason": Reason.SEMANTIC_DUPLICATE, "detail": detail(k, s)}
-        for u, k, s in sorted(zip(*(rejected.column(c).to_pylist() for c in ("uid", "kept_uid", "similarity"))))
+        {UID: u, REASON: Reason.SEMANTIC_DUPLICATE, DETAIL: detail(k, s)}
+        for u, k, s in sorted(zip(*(rejected.column(c).to_pylist() for c in (UID, "kept_uid", "similarity"))))
     ]
     return stage.write_shard(shard, kept, rejected_table(rows, STAGE), rows_in=table.num_rows, extra={"file": uri})
 

@@ -10,7 +10,6 @@ output does not depend on the engine or the partitioning.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -18,7 +17,7 @@ import pyarrow.compute as pc
 
 from curation.crawl import STAGE, ExtractRules, collapse_duplicates, extract_file
 from curation.stage import ShardStats, StageDir, read_parquet
-from schemas import CANDIDATES, EXTRACTED_LINKS
+from schemas import CANDIDATES, EXTRACTED_LINKS, UID
 
 LINKS_DIR = "_work/links"
 
@@ -29,10 +28,6 @@ def file_shard(index: int) -> str:
 
 def bucket_shard(bucket: int) -> str:
     return f"part-b{bucket:05d}"
-
-
-def plan_buckets(n_links: int, rows_per_shard: int) -> int:
-    return max(1, math.ceil(n_links / max(1, rows_per_shard)))
 
 
 def extract_task(stage: StageDir, index: int, uri: str, rules: ExtractRules) -> ShardStats:
@@ -61,7 +56,7 @@ def read_links_by_bucket(stage: StageDir, uris: Iterable[str], n_buckets: int, s
         table = EXTRACTED_LINKS.conform(read_parquet(uri, stage.storage))
         if table.num_rows == 0:
             continue
-        buckets = pa.array([int(u[:8], 16) % n_buckets for u in table.column("uid").to_pylist()], pa.int32())
+        buckets = pa.array([int(u[:8], 16) % n_buckets for u in table.column(UID).to_pylist()], pa.int32())
         table = table.append_column("bucket", buckets)
         if skip:
             table = table.filter(pc.invert(pc.is_in(buckets, pa.array(sorted(skip), pa.int32()))))

@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.config import DownloadOptions
+from curation.stages.config import DownloadOptions
 from curation.fetch import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
 from curation.politeness import HostBook, HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.ssrf import AddressGuard, build_opener
@@ -56,8 +56,8 @@ from curation.stage import (
     DATA, REJECTED_DIR, SHARDS, InputsChangedError, ShardStats, StageDir, read_parquet, rejected_table,
 )
 from curation.storage import StorageOptions
-from filters.image import Rejection, StoredImage, process_image
-from schemas import CANDIDATES, FETCHED, TEXT_OK, Reason
+from filters.image import StoredImage, process_image
+from schemas import CANDIDATES, DETAIL, FETCHED, TEXT_OK, UID, Reason, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def fetch_and_check(url: str, opener, opts: DownloadOptions) -> tuple[StoredImag
     try:
         body = fetch(url, opener, opts.fetch, opts.rules.max_bytes)
     except FetchFailed as e:
-        return Rejection(e.reason, e.message), e
+        return e.rejection, e
     return process_image(body, opts.rules), None
 
 
@@ -282,7 +282,7 @@ def download_table(
 ) -> tuple[pa.Table, pa.Table]:
     """Fetch and check every row: (kept rows with the fetch columns, REJECTED rows), both in input order.
     The politeness figures of the fetch are added to ``politeness`` when given."""
-    urls, uids = rows.column("url").to_pylist(), rows.column("uid").to_pylist()
+    urls, uids = rows.column("url").to_pylist(), rows.column(UID).to_pylist()
     results, stats = fetch_rows(urls, opts, label, book)
     if politeness is not None:
         _add_stats(politeness, stats)
@@ -291,7 +291,7 @@ def download_table(
     for name, column in _fetch_columns([results[i] for i in kept_idx]).items():
         kept = kept.append_column(FETCHED.arrow_schema().field(name), column)
     rejected = rejected_table(
-        [{"uid": uids[i], "reason": r.reason, "detail": r.detail} for i, r in enumerate(results) if isinstance(r, Rejection)],
+        [r.row(uids[i]) for i, r in enumerate(results) if isinstance(r, Rejection)],
         STAGE,
     )
     return kept, rejected
@@ -308,7 +308,7 @@ def _add_stats(total: PolitenessStats, part: PolitenessStats) -> None:
 
 
 def count_transient(rejected: pa.Table) -> int:
-    return sum(is_transient(d) for d in rejected.column("detail").to_pylist())
+    return sum(is_transient(d) for d in rejected.column(DETAIL).to_pylist())
 
 
 def _marker(stage: StageDir, shard: str) -> ShardStats:
@@ -316,11 +316,11 @@ def _marker(stage: StageDir, shard: str) -> ShardStats:
 
 
 def _without(table: pa.Table, uids: pa.Array) -> pa.Table:
-    return table.filter(pc.invert(pc.is_in(table.column("uid"), uids)))
+    return table.filter(pc.invert(pc.is_in(table.column(UID), uids)))
 
 
 def _in_input_order(table: pa.Table, position: dict[str, int]) -> pa.Table:
-    order = pa.array([position[u] for u in table.column("uid").to_pylist()], pa.int64())
+    order = pa.array([position[u] for u in table.column(UID).to_pylist()], pa.int64())
     return table.take(pc.sort_indices(order))
 
 
@@ -342,12 +342,12 @@ def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions)
     rows = read_rows(item, stage.storage)
     old_kept = read_parquet(stage.path(DATA, f"{item.shard}.parquet"), stage.storage)
     old_rejected = read_parquet(stage.path(REJECTED_DIR, f"{item.shard}.parquet"), stage.storage)
-    flags = [is_transient(d) for d in old_rejected.column("detail").to_pylist()]
-    retry = pa.array(sorted(u for u, f in zip(old_rejected.column("uid").to_pylist(), flags) if f), pa.string())
-    redo = rows.filter(pc.is_in(rows.column("uid"), retry))
+    flags = [is_transient(d) for d in old_rejected.column(DETAIL).to_pylist()]
+    retry = pa.array(sorted(u for u, f in zip(old_rejected.column(UID).to_pylist(), flags) if f), pa.string())
+    redo = rows.filter(pc.is_in(rows.column(UID), retry))
     polite = PolitenessStats()
     new_kept, new_rejected = download_table(redo, opts, f"{item.shard} (retry)", polite)
-    position = {u: i for i, u in enumerate(rows.column("uid").to_pylist())}
+    position = {u: i for i, u in enumerate(rows.column(UID).to_pylist())}
     kept = _in_input_order(pa.concat_tables([_without(old_kept, retry), new_kept.cast(old_kept.schema)]), position)
     rejected = _in_input_order(pa.concat_tables([_without(old_rejected, retry), new_rejected]), position)
     log.info("download %s: retried %d transient rows, %d now kept", item.shard, len(retry), new_kept.num_rows)

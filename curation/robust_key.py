@@ -1,0 +1,358 @@
+"""The robust dedup key: EXIF-upright, alpha composited, invariant to the 8 rotations/flips, None for
+blank images; with it the keys of crop windows, optionally aspect windows and the key of the picture
+inside letterbox / pillarbox bars. It comes from the same decode as the pHash (curation.phash).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from curation.phash import (
+    DECODE_ERRORS,
+    HASH_SIZE,
+    IMG_SIZE,
+    _DCT_LOW,
+    PhashMode,
+    UndecodableImage,
+    hashes_from_pixels,
+    one_blas_thread,
+    open_image,
+    resize_gray_32,
+    thumbnail_fast,
+)
+
+# --- the robust dedup key: EXIF-upright, alpha composited, invariant to the 8 rotations/flips -----
+#
+# ``image_phash`` above stays imagehash's (a released column). The dedup key is separate:
+#
+# - alpha is composited on ``KEY_BACKGROUND`` (white) before the grayscale conversion, so a transparent
+#   logo and its white-background copy look the same, and two different logos (whose transparent
+#   pixels are black: imagehash sees both as all-black) do not;
+# - the image is EXIF-transposed (done on the 32x32 thumbnail: the key is dihedral-invariant, so this
+#   only matters for the blank statistics, never for the key's bits);
+# - the key is the pHash of one canonical variant among the 8 dihedral ones (rotations by 0/90/180/270
+#   degrees, each mirrored or not), chosen from the coefficients themselves (canonical_block). All 8
+#   come from the one 8x8 low block C of the 32x32 DCT-II: mirroring the columns multiplies column j by
+#   (-1)^j, mirroring the rows row i by (-1)^i, transposing gives C.T; no extra DCT. The canonical
+#   block is thresholded at its own median (sign flips change the median);
+# - blank / low-information images (std of the composited 32x32 grayscale under ``blank_std``, or less
+#   than ``blank_min_alpha`` of the pixels visible) get no key: dedup rejects them as ``blank_image``.
+
+KEY_BACKGROUND = 255  # fixed gray level transparent pixels are composited on
+EXIF_ORIENTATION_TAG = 0x0112
+_SIGNS = (np.arange(HASH_SIZE) % 2 == 0).astype(np.float64) * 2 - 1  # (+1, -1, +1, ...)
+# EXIF orientation -> the numpy operation that makes a stored (rows, cols) thumbnail upright
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].T,
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    """Both hashes of one image from one decode: ``phash`` (imagehash's, 16 hex) and ``key`` (the
+    robust dedup key, 16 hex, None when blank); ``blank`` says why an image is blank (None otherwise)."""
+
+    phash: str | None
+    key: str | None = None
+    blank: str | None = None
+    error: str | None = None
+    windows: tuple[str, ...] = ()  # keys of the crop windows (window_keys_from_pixels); () when blank
+
+
+def dihedral_hashes(pixels: np.ndarray) -> np.ndarray:
+    """(N, 8) uint64: the pHash bits of each of the 8 rotations/flips of a (N, 32, 32) batch, from one
+    DCT per image. Column 0 is the image as given (its bits equal hashes_from_pixels' away from ties)."""
+    n = pixels.shape[0]
+    low = _DCT_LOW @ pixels.astype(np.float64) @ _DCT_LOW.T  # (N, 8, 8)
+    both = np.stack([low, np.swapaxes(low, 1, 2)], axis=1)  # (N, 2, 8, 8)
+    rows = [1.0, _SIGNS]
+    variants = np.stack(
+        [both * np.asarray(r).reshape(-1, 1) * np.asarray(c).reshape(1, -1) for r in rows for c in rows], axis=2
+    ).reshape(n, 8, HASH_SIZE * HASH_SIZE)
+    bits = variants > np.median(variants, axis=2, keepdims=True)
+    packed = np.packbits(bits, axis=2)  # (N, 8, 8) bytes, big-endian
+    return packed.reshape(n * 8, 8).view(">u8").astype(np.uint64).reshape(n, 8)
+
+
+def canonical_block(low: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) low DCT blocks brought to one orientation, the same for all 8 rotations/flips of an
+    image: transposed when the energy below the diagonal (vertical frequencies) exceeds the energy
+    above it, then columns mirrored when the horizontal gradient C[0,1] + C[0,3]/3 is negative, rows
+    when the vertical one C[1,0] + C[3,0]/3 is. (The minimum over the 8 variants' hashes would also be
+    invariant, but which variant is smallest flips under small edits: recall 0.78 against 0.92 at k = 4
+    on bench/neardup_quality.py's set.)"""
+    low = np.array(low, np.float64, copy=True)
+    upper = np.triu(np.ones((HASH_SIZE, HASH_SIZE), bool), 1)
+    vertical = (low**2)[:, upper.T].sum(axis=1) > (low**2)[:, upper].sum(axis=1)
+    low[vertical] = np.swapaxes(low[vertical], 1, 2)
+    mirror = (low[:, 0, 1] + low[:, 0, 3] / 3) < 0
+    flip = (low[:, 1, 0] + low[:, 3, 0] / 3) < 0
+    low[mirror] *= _SIGNS[None, :]
+    low[flip] *= _SIGNS[:, None]
+    return low
+
+
+def _block_keys(low: np.ndarray) -> list[str]:
+    """16-hex keys of (N, 8, 8) low DCT blocks: the canonical block's bits above its own median."""
+    flat = canonical_block(low).reshape(len(low), -1)
+    bits = flat > np.median(flat, axis=1, keepdims=True)
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+
+
+def robust_keys_from_pixels(pixels: np.ndarray) -> list[str]:
+    """The dihedral-invariant keys (16 hex) of a (N, 32, 32) batch: the pHash bits of the canonical
+    block, each thresholded at its own median."""
+    if pixels.shape[0] == 0:
+        return []
+    return _block_keys(_DCT_LOW @ pixels.astype(np.float64) @ _DCT_LOW.T)
+
+
+# Crop windows. A copy cropped by a few per cent is, resized to 32x32, the original's matching window
+# resized: so each image also gets the keys of WINDOW_SCALES-sized windows at its four corners and
+# centre (sides 98, 96, 94 and 92 %: crops of 4 to 15 % of the area, and anything near them), and a
+# copy's full key is compared with the other image's window keys. Crops that change the aspect ratio
+# (a strip cut from one side only) are not covered. Each window is resampled from the
+# 32x32 thumbnail by linear interpolation folded into the DCT (an (8, 32) matrix per axis), so a
+# window key costs two small matrix products, no decode or resize. The set of windows is closed under
+# the 8 rotations/flips (corners map to corners) and each window key is canonical: the window keys of a
+# rotated copy are the original's, in another order.
+WINDOW_SCALES = (0.98, 0.96, 0.94, 0.92)
+WINDOW_PLACES = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
+
+
+def _window_axis(start: float, length: float, n: int = IMG_SIZE) -> np.ndarray:
+    """(n, n) matrix sampling the window [start, start + length) of an n-pixel axis at n pixel
+    centres, by linear interpolation."""
+    centres = np.clip(start + (np.arange(n) + 0.5) * length / n - 0.5, 0, n - 1)
+    lower = np.floor(centres).astype(int)
+    frac = centres - lower
+    matrix = np.zeros((n, n))
+    matrix[np.arange(n), lower] += 1 - frac
+    matrix[np.arange(n), np.minimum(lower + 1, n - 1)] += frac
+    return matrix
+
+
+def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) (8, 32) matrices per window: low block of a window = R @ pixels @ C.T."""
+    out = []
+    for scale in WINDOW_SCALES:
+        length = IMG_SIZE * scale
+        far, mid = IMG_SIZE - length, (IMG_SIZE - length) / 2
+        for place in WINDOW_PLACES:
+            r0 = mid if place == "centre" else (0.0 if place.startswith("top") else far)
+            c0 = mid if place == "centre" else (0.0 if place.endswith("left") else far)
+            out.append((_DCT_LOW @ _window_axis(r0, length), _DCT_LOW @ _window_axis(c0, length)))
+    return out
+
+
+_WINDOWS = _window_matrices()
+
+
+# Aspect windows (issue 19, ``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
+# the other, at its start, centre or end: a copy cut by a strip on one side, or cropped to another aspect
+# ratio and resized, is the original's matching aspect window. 2 axes x 6 lengths x 3 places = 36 more
+# window keys, closed under the 8 rotations/flips like the crop windows.
+ASPECT_LENGTHS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
+ASPECT_PLACES = ("start", "centre", "end")
+
+
+def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
+    whole = _DCT_LOW @ _window_axis(0.0, float(IMG_SIZE))
+    out = []
+    for axis in ("rows", "cols"):
+        for scale in ASPECT_LENGTHS:
+            length = IMG_SIZE * scale
+            for place in ASPECT_PLACES:
+                start = {"start": 0.0, "centre": (IMG_SIZE - length) / 2, "end": IMG_SIZE - length}[place]
+                part = _DCT_LOW @ _window_axis(start, length)
+                out.append((part, whole) if axis == "rows" else (whole, part))
+    return out
+
+
+_ASPECT_WINDOWS = _aspect_matrices()
+
+
+def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tuple[str, ...]]:
+    """Per image of a (N, 32, 32) batch, the keys of its len(WINDOW_SCALES) * 5 crop windows (and, with
+    ``aspect``, then those of its 36 aspect windows)."""
+    if pixels.shape[0] == 0:
+        return []
+    p = pixels.astype(np.float64)
+    per_window = [_block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
+    return [tuple(keys) for keys in zip(*per_window)]
+
+
+# Border trimming (issue 19, ``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
+# colour, or the picture itself enlarged and blurred) are found on a ~TRIM_SCAN_PX copy of the grayscale
+# image: a run of edge rows (columns) that are flat (std under TRIM_FLAT_STD) or nearly detail-free
+# (mean absolute gradient under TRIM_SMOOTH of the picture's median row), on *both* sides of an axis, of
+# similar depth (within TRIM_SYMMETRY of the side), each at least TRIM_MIN of it, leaving at least
+# TRIM_MAX_CUT of the picture. The key of the picture inside them is added to the row's window keys (the
+# row's own key is unchanged), so a barred copy links to the original's key.
+TRIM_SCAN_PX = 128
+TRIM_FLAT_STD = 4.0
+TRIM_SMOOTH = 0.12
+TRIM_SYMMETRY = 0.04
+TRIM_MIN = 0.03
+TRIM_MAX_CUT = 0.6  # bars may take at most this fraction of a side
+
+
+def _bar_runs(flat: np.ndarray) -> tuple[int, int]:
+    """Lengths of the leading and trailing runs of True."""
+    n = len(flat)
+    lead = n if flat.all() else int(np.argmin(flat))
+    trail = n if flat.all() else int(np.argmin(flat[::-1]))
+    return lead, trail
+
+
+def _axis_bars(g: np.ndarray) -> tuple[int, int] | None:
+    """(first, end) of the picture between bars along axis 0 of a small float grayscale, or None."""
+    n = g.shape[0]
+    std = g.std(axis=1)
+    detail = np.abs(np.diff(g, axis=1)).mean(axis=1)
+    middle = detail[n // 4 : n - n // 4]
+    reference = float(np.median(middle)) if len(middle) else 0.0
+    if reference <= 0:
+        return None
+    bar = (std < TRIM_FLAT_STD) | (detail < TRIM_SMOOTH * reference)
+    lead, trail = _bar_runs(bar)
+    if min(lead, trail) < max(1, TRIM_MIN * n) or lead + trail > TRIM_MAX_CUT * n:
+        return None
+    if abs(lead - trail) > TRIM_SYMMETRY * n + 1:
+        return None
+    return lead + 1, n - trail - 1  # one more row each side: the seam (JPEG ringing, resampling)
+
+
+def trimmed_thumbnail(gray: np.ndarray) -> np.ndarray | None:
+    """The 32x32 thumbnail of the picture inside letterbox / pillarbox bars, or None without bars."""
+    h, w = gray.shape
+    step = max(1, min(h, w) // TRIM_SCAN_PX)
+    small = gray[::step, ::step].astype(np.float64)
+    rows, cols = _axis_bars(small), _axis_bars(small.T)
+    if rows is None and cols is None:
+        return None
+    r0, r1 = (rows[0] * step, min(h, rows[1] * step)) if rows else (0, h)
+    c0, c1 = (cols[0] * step, min(w, cols[1] * step)) if cols else (0, w)
+    if r1 - r0 < 8 or c1 - c0 < 8:
+        return None
+    return resize_gray_32(np.ascontiguousarray(gray[r0:r1, c0:c1]))
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
+
+
+def _composited(image: Image.Image) -> tuple[np.ndarray, float]:
+    """32x32 grayscale of the image composited on KEY_BACKGROUND, and the fraction of visible pixels."""
+    rgba = image.convert("LA") if image.mode in ("LA", "La") else image.convert("RGBA")
+    alpha = np.asarray(rgba.getchannel("A"), np.float64) / 255.0
+    gray = np.asarray(rgba.convert("RGB").convert("L") if rgba.mode == "RGBA" else rgba.getchannel("L"), np.float64)
+    flat = np.rint(gray * alpha + KEY_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
+    return resize_gray_32(flat), float((alpha > 0).mean())
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
+    except DECODE_ERRORS:
+        return 1
+
+
+def key_thumbnail(image: Image.Image, phash_thumb: np.ndarray) -> tuple[np.ndarray, float]:
+    """The dedup key's 32x32 thumbnail (upright, composited) and the visible fraction; images without
+    alpha reuse the pHash thumbnail (no second decode or resize)."""
+    thumb, visible = _composited(image) if _has_alpha(image) else (phash_thumb, 1.0)
+    upright = _UPRIGHT.get(_orientation(image))
+    return (np.ascontiguousarray(upright(thumb)) if upright else thumb), visible
+
+
+def blank_reason(thumb: np.ndarray, visible: float, blank_std: float, blank_min_alpha: float) -> str | None:
+    """Why an image is blank / low-information, or None: near-uniform or mostly transparent."""
+    std = float(thumb.astype(np.float64).std())
+    if visible < blank_min_alpha:
+        return f"{visible:.1%} of pixels visible (< {blank_min_alpha:.1%})"
+    if std < blank_std:
+        return f"near-uniform: std {std:.2f} of 32x32 gray (< {blank_std:g})"
+    return None
+
+
+@one_blas_thread
+def keys_many(
+    items: Iterable[bytes | None],
+    mode: PhashMode | str = PhashMode.EXACT,
+    blank_std: float = 3.0,
+    blank_min_alpha: float = 0.05,
+    aspect_windows: bool = False,
+    trim_borders: bool = False,
+) -> list[KeyResult]:
+    """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each; the
+    window keys are the crop windows' (and the aspect windows' with ``aspect_windows``; and, with
+    ``trim_borders``, the key of the picture inside letterbox / pillarbox bars when it has some)."""
+    mode = PhashMode(mode)
+    thumbs, key_thumbs, blanks, trimmed = [], [], [], []
+    results: list[KeyResult | None] = []
+    for data in items:
+        try:
+            if data is None:
+                raise UndecodableImage("no image bytes")
+            image = open_image(data)
+            try:
+                trim = None
+                if mode == PhashMode.FAST:
+                    thumb = thumbnail_fast(image)
+                    if trim_borders and not _has_alpha(image):
+                        trim = trimmed_thumbnail(np.asarray(image.convert("L")))
+                else:
+                    gray = np.asarray(image.convert("L"))
+                    thumb = resize_gray_32(gray)
+                    if trim_borders and not _has_alpha(image):
+                        trim = trimmed_thumbnail(gray)
+                kthumb, visible = key_thumbnail(image, thumb)
+                if trim is not None:
+                    upright = _UPRIGHT.get(_orientation(image))  # (the key is dihedral-invariant: for symmetry only)
+                    trim = np.ascontiguousarray(upright(trim)) if upright else trim
+            except DECODE_ERRORS as e:
+                raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
+        except UndecodableImage as e:
+            results.append(KeyResult(None, error=str(e)))
+            continue
+        thumbs.append(thumb)
+        key_thumbs.append(kthumb)
+        blanks.append(blank_reason(kthumb, visible, blank_std, blank_min_alpha))
+        trimmed.append(trim)
+        results.append(None)
+    empty = np.zeros((0, IMG_SIZE, IMG_SIZE), np.uint8)
+    hashes = iter(hashes_from_pixels(np.stack(thumbs) if thumbs else empty))
+    stacked = np.stack(key_thumbs) if key_thumbs else empty
+    keys, windows = iter(robust_keys_from_pixels(stacked)), iter(window_keys_from_pixels(stacked, aspect_windows))
+    with_bars = [t for t in trimmed if t is not None]
+    trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
+    blank, trims = iter(blanks), iter(trimmed)
+    out = []
+    for r in results:
+        if r is not None:
+            out.append(r)
+            continue
+        h, k, w, b, t = next(hashes), next(keys), next(windows), next(blank), next(trims)
+        if t is not None:
+            w = (*w, next(trim_keys))
+        out.append(KeyResult(h, None, b) if b else KeyResult(h, k, None, windows=w))
+    return out
+
+
+def robust_key(data: bytes, mode: PhashMode | str = PhashMode.EXACT) -> str | None:
+    """The robust dedup key of one encoded image (None when blank); raises UndecodableImage."""
+    r = keys_many([data], mode)[0]
+    if r.phash is None:
+        raise UndecodableImage(r.error)
+    return r.key

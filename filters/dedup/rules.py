@@ -1,0 +1,48 @@
+"""The dedup stage's rules ([dedup.rules]) and the key its duplicate steps compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from curation.errors import CurationError
+from curation.hashing import PhashMode
+
+MAX_DISTANCE_LIMIT = 16  # beyond this a 64-bit pHash says little and the banded join degenerates
+DEDUP_KEYS = ("phash", "robust")
+
+
+class DedupConfigError(CurationError, ValueError):
+    pass
+
+@dataclass(frozen=True)
+class DedupRules:
+    phash_mode: str = "exact"  # "exact" (= imagehash.phash bit for bit) or "fast" (JPEG draft decoding)
+    max_distance: int = 0  # Hamming k for near duplicates and blocklist matches; 0 = near-dup off
+    exact: bool = True  # collapse identical pHashes (duplicate_phash)
+    pairs: bool = True  # collapse identical (pHash, normalised text) (duplicate_pair)
+    bands: int = 0  # blocks of the banded join; 0 = choose by estimated cost (see module doc)
+    hash_batch_rows: int = 256  # images decoded per vectorised DCT batch
+    key: str = "phash"  # key of the duplicate and near-duplicate steps: "phash" or "robust" (see hashing)
+    reject_blank: bool = True  # blank / low-information images rejected as blank_image (else kept, never deduped)
+    blank_std: float = 3.0  # blank: std of the alpha-composited 32x32 grayscale below this (0..255 scale)
+    blank_min_alpha: float = 0.05  # blank: fewer than this fraction of the pixels visible (alpha > 0)
+    crop_windows: bool = True  # robust key: near duplicates also match crop windows (see module doc)
+    aspect_windows: bool = False  # with crop_windows: also the 36 aspect windows (one-side strips, other aspect ratios)
+    trim_borders: bool = False  # with crop_windows: also the key of the picture inside letterbox / pillarbox bars
+
+    def __post_init__(self) -> None:
+        if self.key not in DEDUP_KEYS:
+            raise DedupConfigError(f"[dedup.rules] key must be one of {list(DEDUP_KEYS)}, got {self.key!r}")
+        if self.blank_std < 0 or not 0.0 <= self.blank_min_alpha <= 1.0:
+            raise DedupConfigError("[dedup.rules] blank_std must be >= 0 and blank_min_alpha in 0..1")
+        if self.phash_mode not in PhashMode.__members__.values():
+            raise DedupConfigError(f"[dedup.rules] phash_mode must be one of {[m.value for m in PhashMode]}, got {self.phash_mode!r}")
+        if not 0 <= self.max_distance <= MAX_DISTANCE_LIMIT:
+            raise DedupConfigError(f"[dedup.rules] max_distance must be 0..{MAX_DISTANCE_LIMIT}, got {self.max_distance}")
+        if self.bands and not self.max_distance < self.bands <= 64:
+            raise DedupConfigError(f"[dedup.rules] bands must be 0 (auto) or max_distance+1..64, got {self.bands}")
+        if self.hash_batch_rows < 1:
+            raise DedupConfigError("[dedup.rules] hash_batch_rows must be >= 1")
+
+def uses_windows(rules: DedupRules) -> bool:
+    return rules.key == "robust" and rules.crop_windows and rules.max_distance > 0
