@@ -37,11 +37,14 @@ Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robu
 ``stage`` (the dedup stage as configs/sample.toml configures it: robust key + crop windows at k: a pair
 is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
-and its best threshold with precision >= 0.99 on the bench pairs). Reported: recall and precision on
+and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``)
+``rot`` (the stage's keys plus rotated window keys, curation.hash_windows, at k) and ``verified`` (those
+keys within VerifyRules.link_distance linked as they are, pairs within candidate_distance linked only when
+their ORB keypoints agree on one similarity transform: filters/neardup_verify.py). Reported: recall and precision on
 the bench pairs, recall per edit class side by side, false links on the exhaustive pairs, and the
 hashing cost per image of keys_many over phash_many (best of 3 CPU-time runs; BLAS held to one thread).
 
-    python bench/neardup_quality.py [--distance K] [--copies 3] [--negatives 5] [--seed 0] [--sweep] [--no-pdq]
+    python bench/neardup_quality.py [--distance K] [--copies 3] [--negatives 5] [--seed 0] [--sweep] [--no-pdq] [--no-verify]
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many
+from curation.hash_windows import ROTATION_ANGLES, rotated_window_keys
+from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
+from curation.local_features import FEATURES_MAX, LocalFeatures, features_from_gray, pack_features
+from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -519,6 +525,47 @@ def key_methods(results) -> dict[str, KeyMethod]:
     }
 
 
+def upright_gray(blob: bytes) -> np.ndarray:
+    """Grayscale of the EXIF-upright image, alpha composited on white (what the dedup key sees)."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(blob)))
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert("L"))
+
+
+def rotated_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[tuple[str, ...]]:
+    return [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
+
+
+@dataclass
+class VerifiedMethod:
+    """``verified``: a key method's pairs within rules.link_distance linked, those within
+    rules.candidate_distance linked when verify_pair says so; distance 0 = linked, 999 = not."""
+
+    keys: KeyMethod
+    features: list[LocalFeatures]
+    rules: VerifyRules
+    verdicts: dict[tuple[int, int], Verdict]
+    verify_seconds: float = 0.0
+
+    def verdict(self, a: int, b: int) -> Verdict:
+        pair = (min(a, b), max(a, b))
+        if pair not in self.verdicts:
+            start = time.process_time()
+            self.verdicts[pair] = verify_pair(self.features[pair[0]], self.features[pair[1]], self.rules)
+            self.verify_seconds += time.process_time() - start
+        return self.verdicts[pair]
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = self.keys.pair_distance(a, b)
+        out = np.full(len(d), 999, np.int32)
+        for i in np.flatnonzero(d <= self.rules.candidate_distance):
+            verdict = None if d[i] <= self.rules.link_distance else self.verdict(int(a[i]), int(b[i]))
+            out[i] = 0 if linked(int(d[i]), verdict, self.rules) else 999
+        return out
+
+
 def configured() -> tuple[int, str]:
     """(max_distance, the stage variant) of configs/sample.toml's [dedup.rules]."""
     with open(REPO / "configs" / "sample.toml", "rb") as fh:
@@ -538,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also print recall/precision for k = 0..12")
     ap.add_argument("--no-pdq", action="store_true", help="skip PDQ (pdqhash not installed)")
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive negative pairs")
+    ap.add_argument("--no-verify", action="store_true", help="skip the rotated windows and ORB verification (issue 19)")
     args = ap.parse_args(argv)
     k_config, stage = configured()
     k = k_config if args.distance is None else args.distance
@@ -556,6 +604,27 @@ def main(argv: list[str] | None = None) -> int:
     methods: dict[str, object] = dict(key_methods(results))
     thresholds: dict[str, int] = {name: k for name in methods}
     print(f"the sample config's stage: robust key + windows '{stage}' at k = {k_config}")
+    rules = VerifyRules()
+    verified: VerifiedMethod | None = None
+    if not args.no_verify:
+        import cv2
+
+        cv2.setNumThreads(1)
+        grays = [upright_gray(blob) for blob in bench.data]
+        thumbs = [resize_gray_32(g) for g in grays]
+        sizes = [(g.shape[1], g.shape[0]) for g in grays]
+        rk = rotated_keys(thumbs, sizes)
+        base = methods[stage]
+        extra = np.array([[int(x, 16) for x in r] for r in rk], np.uint64)
+        extra[~base.ok] = base.keys[~base.ok, None]
+        methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
+        features = [features_from_gray(g) for g in grays]
+        verified = VerifiedMethod(methods["rot"], features, rules, {})
+        methods["verified"] = verified
+        thresholds["rot"], thresholds["verified"] = k, 0
+        print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); "
+              f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
+              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture)")
     if not args.no_pdq:
         pdq = pdq_hashes(bench.data)
         dp_pdq, dn_pdq = pdq.pair_distance(pa_, pb), pdq.pair_distance(na, nb)
@@ -604,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
                 ex = ", ".join(f"{bench.names[a]} ~ {bench.names[b]}" for a, b in sorted(examples[t])[:3])
                 print(f"  {name.split('@')[0]} <= {t}: {counts[t]:,} false links in {total:,} pairs = {rate:.2e} per pair "
                       f"-> ~{rate * 5e11:.2g} per 1M images (5e11 pairs){'; e.g. ' + ex if ex else ''}")
+        if verified is not None:
+            total, counts, _ = _exhaustive_false_links(verified.keys, bench.group, [rules.candidate_distance])
+            rate = counts[rules.candidate_distance] / total
+            print(f"  verified: candidates (keys within {rules.candidate_distance}) = pairs it verifies: "
+                  f"{counts[rules.candidate_distance]:,} in {total:,} = {rate:.2e} per pair -> ~{rate * 5e11:.2g} per 1M images")
     options = {"aspect_windows": "aspect" in stage, "trim_borders": "trim" in stage}
     t_plain = _cpu(lambda: phash_many(bench.data))
     t_crop = _cpu(lambda: keys_many(bench.data))
@@ -614,6 +688,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncost per image: phash {per(t_plain)}; keys_many: crop windows {per(t_crop)} ({t_crop / t_plain:.2f}x), "
           f"crop + aspect + trim {per(t_all)} ({t_all / t_plain:.2f}x); the sample config's ({stage}): {ratio:.2f}x "
           f"(target <= {TARGET_COST})")
+    if verified is not None:
+        t_rot = _cpu(lambda: rotated_keys(thumbs, sizes))
+        t_orb = _cpu(lambda: [features_from_gray(g) for g in grays])
+        t_new = t_stage + t_rot + t_orb
+        stored = np.mean([len(pack_features(f)) for f in features])
+        print(f"issue 19 (one core, CPU time): rotated window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
+              f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage + rot + ORB = {t_new / t_plain:.2f}x pHash "
+              f"(target <= {TARGET_COST}); verification {1e3 * verified.verify_seconds / max(1, len(verified.verdicts)):.3f} ms "
+              f"per pair ({len(verified.verdicts):,} pairs); storage per row: {stored:.0f} bytes of features (at most "
+              f"{4 + 36 * FEATURES_MAX}) + {8 * extra.shape[1]} bytes of rotated window keys")
+        recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
+        hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
+        met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST
+        print(f"targets (verified): recall {recall_v:.3f} at precision {precision_v:.4f}, every hard class >= "
+              f"{TARGET_CLASS_RECALL}: {hard_v}, cost {t_new / t_plain:.2f}x: {'met' if met else 'NOT met'}")
     recall, precision, _ = _recall_precision(dp[stage], dn[stage], k)
     ok = recall >= TARGET_RECALL and precision >= TARGET_PRECISION and per_class_ok and ratio <= TARGET_COST
     print(f"targets ({stage} at k = {k}: recall >= {TARGET_RECALL} at precision >= {TARGET_PRECISION}, every hard class >= "
