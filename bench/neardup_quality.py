@@ -62,15 +62,16 @@ import time
 import tomllib
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hash_windows import ROTATION_ANGLES, rotated_window_keys
+from curation.hash_windows import DEEP_LENGTHS, DEEP_PLACES, ROTATION_ANGLES, deep_aspect_keys, rotated_window_keys
 from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
 from curation.local_features import FEATURES_MAX, LocalFeatures, features_from_gray, pack_features
+from filters.dedup import plan_bands
 from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -534,8 +535,16 @@ def upright_gray(blob: bytes) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
-def rotated_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[tuple[str, ...]]:
-    return [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
+def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Rotated and deep aspect window keys of each image (curation.hash_windows)."""
+    rotated = [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
+    return rotated, deep_aspect_keys(np.stack(thumbs))
+
+
+def _as_u64(keys: list[tuple[str, ...]], base: KeyMethod) -> np.ndarray:
+    out = np.array([[int(x, 16) for x in r] for r in keys], np.uint64)
+    out[~base.ok] = base.keys[~base.ok, None]  # blank rows: no windows (their own key, which never links)
+    return out
 
 
 @dataclass
@@ -613,16 +622,17 @@ def main(argv: list[str] | None = None) -> int:
         grays = [upright_gray(blob) for blob in bench.data]
         thumbs = [resize_gray_32(g) for g in grays]
         sizes = [(g.shape[1], g.shape[0]) for g in grays]
-        rk = rotated_keys(thumbs, sizes)
+        rotated, deep = new_window_keys(thumbs, sizes)
         base = methods[stage]
-        extra = np.array([[int(x, 16) for x in r] for r in rk], np.uint64)
-        extra[~base.ok] = base.keys[~base.ok, None]
+        extra, deeper = _as_u64(rotated, base), _as_u64(deep, base)
         methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
+        methods["rot+deep"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra, deeper], axis=1))
         features = [features_from_gray(g) for g in grays]
-        verified = VerifiedMethod(methods["rot"], features, rules, {})
+        verified = VerifiedMethod(methods["rot+deep"], features, rules, {})
         methods["verified"] = verified
-        thresholds["rot"], thresholds["verified"] = k, 0
-        print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); "
+        thresholds["rot"], thresholds["rot+deep"], thresholds["verified"] = k, k, 0
+        print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); deep "
+              f"aspect windows: {deeper.shape[1]} ({len(DEEP_LENGTHS)} lengths x {len(DEEP_PLACES)} places x 2 axes); "
               f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
               f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture)")
     if not args.no_pdq:
@@ -649,6 +659,15 @@ def main(argv: list[str] | None = None) -> int:
             for kk in range(13):
                 recall, precision, fp = _recall_precision(dp[name], dn[name], kk)
                 print(f"  {name:8s} k={kk:2d}: recall {recall:.4f}  precision {precision:.4f} ({fp} false)")
+    if verified is not None:
+        print("\nverified at other candidate distances (link distance, inliers and cells as above):")
+        for cd in (4, 6, 8, 10, 12):
+            other = VerifiedMethod(verified.keys, verified.features, replace(rules, candidate_distance=cd), verified.verdicts)
+            recall, precision, fp = _recall_precision(other.pair_distance(pa_, pb), other.pair_distance(na, nb), 0)
+            plan = plan_bands(cd, 1_000_000)
+            rows = (1 + verified.keys.windows.shape[1]) * len(plan.tables)
+            print(f"  candidates within {cd:2d}: recall {recall:.4f} precision {precision:.4f} ({fp} false); banded join at 1M "
+                  f"rows: {len(plan.blocks)} blocks, {len(plan.tables)} tables of >= {plan.key_bits}-bit keys, {rows:,} band rows per image")
     classes = list(dict.fromkeys(plabel.tolist()))
     shown = [n for n in methods if n != "robust"]
     print("\n| edit class | pairs | " + " | ".join(shown) + " |\n|---|---|" + "---|" * len(shown))
@@ -689,15 +708,15 @@ def main(argv: list[str] | None = None) -> int:
           f"crop + aspect + trim {per(t_all)} ({t_all / t_plain:.2f}x); the sample config's ({stage}): {ratio:.2f}x "
           f"(target <= {TARGET_COST})")
     if verified is not None:
-        t_rot = _cpu(lambda: rotated_keys(thumbs, sizes))
+        t_rot = _cpu(lambda: new_window_keys(thumbs, sizes))
         t_orb = _cpu(lambda: [features_from_gray(g) for g in grays])
         t_new = t_stage + t_rot + t_orb
         stored = np.mean([len(pack_features(f)) for f in features])
-        print(f"issue 19 (one core, CPU time): rotated window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
+        print(f"issue 19 (one core, CPU time): rotated + deep window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
               f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage + rot + ORB = {t_new / t_plain:.2f}x pHash "
               f"(target <= {TARGET_COST}); verification {1e3 * verified.verify_seconds / max(1, len(verified.verdicts)):.3f} ms "
               f"per pair ({len(verified.verdicts):,} pairs); storage per row: {stored:.0f} bytes of features (at most "
-              f"{4 + 36 * FEATURES_MAX}) + {8 * extra.shape[1]} bytes of rotated window keys")
+              f"{4 + 36 * FEATURES_MAX}) + {8 * (extra.shape[1] + deeper.shape[1])} bytes of rotated + deep window keys")
         recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
         hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
         met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST

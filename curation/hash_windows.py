@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from curation.hashing import IMG_SIZE, robust_keys_from_pixels
+from curation.hashing import _DCT_LOW, IMG_SIZE, _block_keys, robust_keys_from_pixels  # noqa: PLC2701 (see INTEGRATION.md)
 
 ROTATION_ANGLES = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)  # 3-30 degree turns within 2 degrees of one
 
@@ -105,28 +105,51 @@ DEEP_LENGTHS = (0.75, 0.65, 0.55, 0.47, 0.4)
 DEEP_PLACES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def deep_aspect_thumbnails(thumb: np.ndarray, lengths: tuple[float, ...] = DEEP_LENGTHS, places: tuple[float, ...] = DEEP_PLACES) -> np.ndarray:
-    """(2 * len(lengths) * len(places), 32, 32) uint8: rows windows (all columns, a band of rows) then
-    columns windows, per length and place."""
-    import cv2
+def _axis(start: float, length: float, n: int = IMG_SIZE) -> np.ndarray:
+    """(32, n) matrix sampling [start, start + length) of an n-pixel axis at 32 pixel centres (linear)."""
+    centres = np.clip(start + (np.arange(IMG_SIZE) + 0.5) * length / IMG_SIZE - 0.5, 0, n - 1)
+    lower = np.floor(centres).astype(int)
+    frac = centres - lower
+    m = np.zeros((IMG_SIZE, n))
+    m[np.arange(IMG_SIZE), lower] += 1 - frac
+    m[np.arange(IMG_SIZE), np.minimum(lower + 1, n - 1)] += frac
+    return m
 
-    src = np.ascontiguousarray(thumb, np.uint8)
-    n = src.shape[0]
-    out = []
+
+def _deep_matrices(lengths: tuple[float, ...], places: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(W, 32, 32) row and column sampling matrices of the deep aspect windows: window = R @ P @ C.T."""
+    whole = _axis(0.0, float(IMG_SIZE))
+    rows, cols = [], []
     for axis in (0, 1):
         for length in lengths:
             for place in places:
-                start = place * (1 - length) * n
-                step = length * n / IMG_SIZE
-                full = n / IMG_SIZE
-                # x = step * u + offset along the cut axis, x = full * u + offset along the whole one
-                cut = (step, start + step / 2 - 0.5)
-                whole = (full, full / 2 - 0.5)
-                (ax, bx), (ay, by) = (whole, cut) if axis == 0 else (cut, whole)
-                m = np.array([[ax, 0, bx], [0, ay, by]])
-                out.append(cv2.warpAffine(src, m, (IMG_SIZE, IMG_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE))
-    return np.stack(out)
+                part = _axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
+                rows.append(part if axis == 0 else whole)
+                cols.append(whole if axis == 0 else part)
+    return np.stack(rows), np.stack(cols)
 
 
-def deep_aspect_keys(thumb: np.ndarray) -> tuple[str, ...]:
-    return tuple(robust_keys_from_pixels(deep_aspect_thumbnails(thumb)))
+_DEEP = _deep_matrices(DEEP_LENGTHS, DEEP_PLACES)
+_DEEP_LOW = (_DCT_LOW @ _DEEP[0], _DCT_LOW @ _DEEP[1])  # (W, 8, 32) each: the window's low DCT block directly
+
+
+def deep_aspect_thumbnails(thumbs: np.ndarray) -> np.ndarray:
+    """(N, W, 32, 32) float: per 32x32 thumbnail of a (N, 32, 32) batch, its W = 2 * len(DEEP_LENGTHS) *
+    len(DEEP_PLACES) deep aspect windows (rows windows (a band of rows, all columns) first)."""
+    p = np.asarray(thumbs, np.float64)[:, None]  # (N, 1, 32, 32)
+    rows, cols = _DEEP
+    return rows[None] @ p @ np.swapaxes(cols, 1, 2)[None]
+
+
+def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
+    """Robust keys (16 hex) of each thumbnail's deep aspect windows, equal to the robust keys of
+    deep_aspect_thumbnails (the sampling folded into the DCT, as curation.hashing's windows)."""
+    p = np.asarray(thumbs, np.float64)
+    n = len(p)
+    if n == 0:
+        return []
+    rows, cols = _DEEP_LOW
+    w = len(rows)
+    low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
+    keys = _block_keys(low.reshape(n * w, 8, 8))
+    return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]

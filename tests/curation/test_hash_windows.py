@@ -89,5 +89,17 @@ def test_deep_aspect_window_matches_a_narrow_crop():
     cw = round(w * 0.47)
     x = round((w - cw) * 0.25)
     copy = image.crop((x, 0, x + cw, h))
-    assert deep_aspect_thumbnails(_thumb(image)[0]).shape == (2 * len(DEEP_LENGTHS) * len(DEEP_PLACES), 32, 32)
-    assert min(hamming(_key(copy), k) for k in deep_aspect_keys(_thumb(image)[0])) <= 4
+    thumbs = np.stack([_thumb(image)[0], _thumb(copy)[0]])
+    assert deep_aspect_thumbnails(thumbs).shape == (2, 2 * len(DEEP_LENGTHS) * len(DEEP_PLACES), 32, 32)
+    original, _ = deep_aspect_keys(thumbs)
+    assert min(hamming(_key(copy), k) for k in original) <= 4
+    assert hamming(_key(copy), _key(image)) > 8
+
+
+def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
+    thumbs = np.stack([_thumb(_photo(i))[0] for i in range(3)])
+    windows = deep_aspect_thumbnails(thumbs)
+    expected = [tuple(robust_keys_from_pixels(w)) for w in windows]
+    got = deep_aspect_keys(thumbs)
+    assert max(hamming(a, b) for e, g in zip(expected, got) for a, b in zip(e, g)) <= 1  # median ties only
+    assert sum(a == b for e, g in zip(expected, got) for a, b in zip(e, g)) >= 0.97 * windows.shape[0] * windows.shape[1]
