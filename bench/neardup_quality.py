@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hash_windows import DEEP_LENGTHS, DEEP_PLACES, ROTATION_ANGLES, deep_aspect_keys, rotated_window_keys
+from curation.hash_windows import DEEP_LENGTHS, DEEP_PLACES, ROTATION_ANGLES, deep_aspect_keys, occlusion_keys, rotated_window_keys
 from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
 from curation.local_features import FEATURES_MAX, LocalFeatures, features_from_gray, pack_features
 from filters.dedup import plan_bands
@@ -82,6 +82,7 @@ TARGET_PRECISION = 0.99
 TARGET_CLASS_RECALL = 0.85
 TARGET_COST = 1.5
 PDQ_DISTANCES = (31, 63, 90)
+OCCLUSION_DISTANCE = 4  # occlusion window against occlusion window (verified pairs only)
 HARD_CLASSES = (
     "strip_crop",
     "crop_resize",
@@ -535,10 +536,26 @@ def upright_gray(blob: bytes) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
-def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-    """Rotated and deep aspect window keys of each image (curation.hash_windows)."""
+def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], ...]:
+    """Rotated, deep aspect and occlusion window keys of each image (curation.hash_windows)."""
     rotated = [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
-    return rotated, deep_aspect_keys(np.stack(thumbs))
+    stacked = np.stack(thumbs)
+    return rotated, deep_aspect_keys(stacked), occlusion_keys(stacked)
+
+
+@dataclass
+class WindowWindowMethod:
+    """Distance = the smallest between any occlusion window of one row and any of the other's."""
+
+    windows: np.ndarray  # (N, W) uint64
+    ok: np.ndarray
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.empty(len(a), np.int32)
+        for start in range(0, len(a), 20000):
+            x, y = self.windows[a[start : start + 20000]], self.windows[b[start : start + 20000]]
+            out[start : start + 20000] = np.bitwise_count(x[:, :, None] ^ y[:, None, :]).min(axis=(1, 2))
+        return np.where(self.ok[a] & self.ok[b], out, 999)
 
 
 def _as_u64(keys: list[tuple[str, ...]], base: KeyMethod) -> np.ndarray:
@@ -556,6 +573,8 @@ class VerifiedMethod:
     features: list[LocalFeatures]
     rules: VerifyRules
     verdicts: dict[tuple[int, int], Verdict]
+    occlusion: WindowWindowMethod | None = None
+    occlusion_distance: int = -1
     verify_seconds: float = 0.0
 
     def verdict(self, a: int, b: int) -> Verdict:
@@ -566,13 +585,34 @@ class VerifiedMethod:
             self.verify_seconds += time.process_time() - start
         return self.verdicts[pair]
 
-    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def candidates(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(key distance, candidate?) per pair: key within candidate_distance of the other's key or
+        windows, or an occlusion window within occlusion_distance of one of the other's."""
         d = self.keys.pair_distance(a, b)
+        cand = d <= self.rules.candidate_distance
+        if self.occlusion is not None:
+            cand |= self.occlusion.pair_distance(a, b) <= self.occlusion_distance
+        return d, cand
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d, cand = self.candidates(a, b)
         out = np.full(len(d), 999, np.int32)
-        for i in np.flatnonzero(d <= self.rules.candidate_distance):
-            verdict = None if d[i] <= self.rules.link_distance else self.verdict(int(a[i]), int(b[i]))
-            out[i] = 0 if linked(int(d[i]), verdict, self.rules) else 999
+        for i in np.flatnonzero(cand):
+            if d[i] <= self.rules.link_distance:
+                out[i] = 0
+            elif self.verdict(int(a[i]), int(b[i])).verified(self.rules):
+                out[i] = 0
         return out
+
+
+@dataclass
+class _Candidates:
+    """A verified method's candidate pairs as a distance (0 = candidate), for the exhaustive count."""
+
+    method: VerifiedMethod
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(self.method.candidates(a, b)[1], 0, 999).astype(np.int32)
 
 
 def configured() -> tuple[int, str]:
@@ -622,19 +662,24 @@ def main(argv: list[str] | None = None) -> int:
         grays = [upright_gray(blob) for blob in bench.data]
         thumbs = [resize_gray_32(g) for g in grays]
         sizes = [(g.shape[1], g.shape[0]) for g in grays]
-        rotated, deep = new_window_keys(thumbs, sizes)
+        rotated, deep, occluded = new_window_keys(thumbs, sizes)
         base = methods[stage]
         extra, deeper = _as_u64(rotated, base), _as_u64(deep, base)
         methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
         methods["rot+deep"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra, deeper], axis=1))
+        methods["occlusion"] = WindowWindowMethod(_as_u64(occluded, base), base.ok)
         features = [features_from_gray(g) for g in grays]
-        verified = VerifiedMethod(methods["rot+deep"], features, rules, {})
+        methods["rot+deep+verify"] = VerifiedMethod(methods["rot+deep"], features, rules, {})
+        verified = VerifiedMethod(methods["rot+deep"], features, rules, methods["rot+deep+verify"].verdicts, methods["occlusion"], OCCLUSION_DISTANCE)
         methods["verified"] = verified
-        thresholds["rot"], thresholds["rot+deep"], thresholds["verified"] = k, k, 0
+        for name in ("rot", "rot+deep", "occlusion"):
+            thresholds[name] = k
+        thresholds["rot+deep+verify"], thresholds["verified"] = 0, 0
         print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); deep "
               f"aspect windows: {deeper.shape[1]} ({len(DEEP_LENGTHS)} lengths x {len(DEEP_PLACES)} places x 2 axes); "
               f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
-              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture)")
+              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture), plus pairs with "
+              f"occlusion windows within {OCCLUSION_DISTANCE} of each other when ORB verifies")
     if not args.no_pdq:
         pdq = pdq_hashes(bench.data)
         dp_pdq, dn_pdq = pdq.pair_distance(pa_, pb), pdq.pair_distance(na, nb)
@@ -660,9 +705,11 @@ def main(argv: list[str] | None = None) -> int:
                 recall, precision, fp = _recall_precision(dp[name], dn[name], kk)
                 print(f"  {name:8s} k={kk:2d}: recall {recall:.4f}  precision {precision:.4f} ({fp} false)")
     if verified is not None:
-        print("\nverified at other candidate distances (link distance, inliers and cells as above):")
+        print(f"\nverified at other candidate distances (occlusion windows within {OCCLUSION_DISTANCE}; link distance, inliers "
+              f"and cells as above):")
         for cd in (4, 6, 8, 10, 12):
-            other = VerifiedMethod(verified.keys, verified.features, replace(rules, candidate_distance=cd), verified.verdicts)
+            other = VerifiedMethod(verified.keys, verified.features, replace(rules, candidate_distance=cd), verified.verdicts,
+                                   verified.occlusion, OCCLUSION_DISTANCE)
             recall, precision, fp = _recall_precision(other.pair_distance(pa_, pb), other.pair_distance(na, nb), 0)
             plan = plan_bands(cd, 1_000_000)
             rows = (1 + verified.keys.windows.shape[1]) * len(plan.tables)
@@ -693,10 +740,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name.split('@')[0]} <= {t}: {counts[t]:,} false links in {total:,} pairs = {rate:.2e} per pair "
                       f"-> ~{rate * 5e11:.2g} per 1M images (5e11 pairs){'; e.g. ' + ex if ex else ''}")
         if verified is not None:
-            total, counts, _ = _exhaustive_false_links(verified.keys, bench.group, [rules.candidate_distance])
-            rate = counts[rules.candidate_distance] / total
-            print(f"  verified: candidates (keys within {rules.candidate_distance}) = pairs it verifies: "
-                  f"{counts[rules.candidate_distance]:,} in {total:,} = {rate:.2e} per pair -> ~{rate * 5e11:.2g} per 1M images")
+            total, counts, _ = _exhaustive_false_links(_Candidates(verified), bench.group, [0])
+            rate = counts[0] / total
+            print(f"  verified: candidates (keys within {rules.candidate_distance}, occlusion windows within {OCCLUSION_DISTANCE}) "
+                  f"= pairs it verifies: {counts[0]:,} in {total:,} = {rate:.2e} per pair -> ~{rate * 5e11:.2g} per 1M images")
     options = {"aspect_windows": "aspect" in stage, "trim_borders": "trim" in stage}
     t_plain = _cpu(lambda: phash_many(bench.data))
     t_crop = _cpu(lambda: keys_many(bench.data))
@@ -708,15 +755,15 @@ def main(argv: list[str] | None = None) -> int:
           f"crop + aspect + trim {per(t_all)} ({t_all / t_plain:.2f}x); the sample config's ({stage}): {ratio:.2f}x "
           f"(target <= {TARGET_COST})")
     if verified is not None:
-        t_rot = _cpu(lambda: new_window_keys(thumbs, sizes))
+        t_rot = _cpu(lambda: new_window_keys(thumbs, sizes))  # noqa: F821
         t_orb = _cpu(lambda: [features_from_gray(g) for g in grays])
         t_new = t_stage + t_rot + t_orb
         stored = np.mean([len(pack_features(f)) for f in features])
-        print(f"issue 19 (one core, CPU time): rotated + deep window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
+        print(f"issue 19 (one core, CPU time): rotated + deep + occlusion window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
               f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage + rot + ORB = {t_new / t_plain:.2f}x pHash "
               f"(target <= {TARGET_COST}); verification {1e3 * verified.verify_seconds / max(1, len(verified.verdicts)):.3f} ms "
               f"per pair ({len(verified.verdicts):,} pairs); storage per row: {stored:.0f} bytes of features (at most "
-              f"{4 + 36 * FEATURES_MAX}) + {8 * (extra.shape[1] + deeper.shape[1])} bytes of rotated + deep window keys")
+              f"{4 + 36 * FEATURES_MAX}) + {8 * (extra.shape[1] + deeper.shape[1] + len(occluded[0]))} bytes of rotated + deep + occlusion window keys")
         recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
         hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
         met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST

@@ -153,3 +153,40 @@ def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
     keys = _block_keys(low.reshape(n * w, 8, 8))
     return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
+
+
+# Occlusion windows: a caption band, a sticker or a local edit over 5-25 % of a copy moves its whole key
+# (the low DCT terms are global), and no window of the *original* looks like the covered copy. But the
+# copy and the original share every window that misses the covered part: the picture without its top or
+# bottom band, without its left or right side. So these windows (one axis whole, OCCLUSION_LENGTHS of
+# the other, at its start and end: 2 x 3 x 2 = 12) are matched window against window (any of one row's
+# with any of the other's), unlike the other windows, which are matched against the other row's key.
+OCCLUSION_LENGTHS = (0.8, 0.7, 0.55)
+
+
+def _occlusion_matrices(lengths: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    whole = _axis(0.0, float(IMG_SIZE))
+    rows, cols = [], []
+    for axis in (0, 1):
+        for length in lengths:
+            for place in (0.0, 1.0):
+                part = _axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
+                rows.append(part if axis == 0 else whole)
+                cols.append(whole if axis == 0 else part)
+    return _DCT_LOW @ np.stack(rows), _DCT_LOW @ np.stack(cols)
+
+
+_OCCLUSION_LOW = _occlusion_matrices(OCCLUSION_LENGTHS)
+
+
+def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
+    """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first)."""
+    p = np.asarray(thumbs, np.float64)
+    n = len(p)
+    if n == 0:
+        return []
+    rows, cols = _OCCLUSION_LOW
+    w = len(rows)
+    low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]
+    keys = _block_keys(low.reshape(n * w, 8, 8))
+    return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]

@@ -103,3 +103,21 @@ def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
     got = deep_aspect_keys(thumbs)
     assert max(hamming(a, b) for e, g in zip(expected, got) for a, b in zip(e, g)) <= 1  # median ties only
     assert sum(a == b for e, g in zip(expected, got) for a, b in zip(e, g)) >= 0.97 * windows.shape[0] * windows.shape[1]
+
+
+def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
+    from PIL import ImageDraw
+
+    from curation.hash_windows import OCCLUSION_LENGTHS, occlusion_keys
+
+    key_moves = []
+    for i in range(6):
+        image = _photo(i)
+        copy = image.copy()
+        w, h = copy.size
+        ImageDraw.Draw(copy).rectangle((0, int(h * 0.75), w, h), fill=(220, 30, 40))
+        original, covered = occlusion_keys(np.stack([_thumb(image)[0], _thumb(copy)[0]]))
+        assert len(original) == 2 * 2 * len(OCCLUSION_LENGTHS)
+        assert min(hamming(a, b) for a in original for b in covered) <= 3  # the top bands stay
+        key_moves.append(hamming(_key(image), _key(copy)))
+    assert max(key_moves) > 6  # while the band moves the whole key on some photos
