@@ -37,10 +37,13 @@ Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robu
 ``stage`` (the dedup stage as configs/sample.toml configures it: robust key + crop windows at k: a pair
 is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
-and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``)
-``rot`` (the stage's keys plus rotated window keys, curation.hash_windows, at k) and ``verified`` (those
-keys within VerifyRules.link_distance linked as they are, pairs within candidate_distance linked only when
-their ORB keypoints agree on one similarity transform: filters/neardup_verify.py). Reported: recall and precision on
+and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``):
+``rot`` (the stage's keys plus 28 rotated window keys, curation.hash_windows, at k), ``rot+deep`` (plus 50
+deep aspect windows), ``occlusion`` (12 occlusion windows matched window against window, at k),
+``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
+candidate_distance linked only when their ORB keypoints agree on one similarity transform:
+filters/neardup_verify.py) and ``verified`` (the same, with pairs whose occlusion windows are within
+OCCLUSION_DISTANCE also verified). Reported: recall and precision on
 the bench pairs, recall per edit class side by side, false links on the exhaustive pairs, and the
 hashing cost per image of keys_many over phash_many (best of 3 CPU-time runs; BLAS held to one thread).
 

@@ -74,3 +74,21 @@ def test_linking_rule():
     assert not linked(3, None, rules)
     assert linked(10, yes, rules)
     assert not linked(11, yes, rules)
+
+
+def test_overlap_box_is_the_part_the_other_picture_maps_onto():
+    from filters.neardup_verify import _overlap
+
+    half_scale_shifted = np.array([[0.5, 0.0, 10.0], [0.0, 0.5, 20.0]])  # other -> self
+    assert _overlap((100, 100), (100, 100), half_scale_shifted) == (10.0, 20.0, 60.0, 70.0)
+    assert _overlap((40, 40), (100, 100), half_scale_shifted) == (10.0, 20.0, 40.0, 40.0)  # clipped to the picture
+
+
+def test_cells_counted_over_the_overlap_when_asked():
+    image = _photo(0)
+    w, h = image.size
+    crop = image.crop((0, 0, w // 2, h))
+    whole = verify_pair(_features(image), _features(crop), VerifyRules(cells_in_overlap=False))
+    shared = verify_pair(_features(image), _features(crop), VerifyRules(cells_in_overlap=True))
+    assert shared.inliers == whole.inliers  # same matches and transform (RANSAC is seeded)
+    assert shared.cells >= whole.cells  # the half the crop shows is split into 16 cells, not 8
