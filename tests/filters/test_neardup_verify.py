@@ -92,3 +92,5 @@ def test_cells_counted_over_the_overlap_when_asked():
     shared = verify_pair(_features(image), _features(crop), VerifyRules(cells_in_overlap=True))
     assert shared.inliers == whole.inliers  # same matches and transform (RANSAC is seeded)
     assert shared.cells >= whole.cells  # the half the crop shows is split into 16 cells, not 8
+    either = verify_pair(_features(image), _features(crop), VerifyRules(cells_on_either=True))
+    assert either.cells >= whole.cells  # the crop's own picture holds inliers in more cells than the original
