@@ -36,10 +36,10 @@ class VerifyRules:
     candidate_distance: int = 10  # key distance up to which a pair is verified
     min_inliers: int = 10
     min_cells: int = 7
-    # cells over the part both pictures show instead of each whole picture: bench, crop_resize 0.42 -> 0.47
+    # cells over the part both pictures show instead of each whole picture (exploratory run on the bench set): crop_resize 0.42 -> 0.47
     # but exhaustive false links 65 -> 226 (same-template pairs), so off
     cells_in_overlap: bool = False
-    # min_cells on one picture suffices (else on each): bench, recall 0.864 -> 0.873 but exhaustive false links
+    # min_cells on one picture suffices (else on each; exploratory run on the bench set): recall 0.864 -> 0.873 but exhaustive false links
     # 65 -> 325, so off
     cells_on_either: bool = False
     max_descriptor_distance: int = 64  # of 256 bits
