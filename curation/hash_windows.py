@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 
-from curation.hashing import _DCT_LOW, IMG_SIZE, _block_keys, robust_keys_from_pixels  # noqa: PLC2701 (see INTEGRATION.md)
+from curation.dct_key import block_keys, robust_keys_from_pixels
+from curation.phash import DCT_LOW, IMG_SIZE
 
 ROTATION_ANGLES = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)  # 3-30 degree turns within 2 degrees of one
 
@@ -130,7 +131,7 @@ def _deep_matrices(lengths: tuple[float, ...], places: tuple[float, ...]) -> tup
 
 
 _DEEP = _deep_matrices(DEEP_LENGTHS, DEEP_PLACES)
-_DEEP_LOW = (_DCT_LOW @ _DEEP[0], _DCT_LOW @ _DEEP[1])  # (W, 8, 32) each: the window's low DCT block directly
+_DEEP_LOW = (DCT_LOW @ _DEEP[0], DCT_LOW @ _DEEP[1])  # (W, 8, 32) each: the window's low DCT block directly
 
 
 def deep_aspect_thumbnails(thumbs: np.ndarray) -> np.ndarray:
@@ -151,7 +152,7 @@ def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     rows, cols = _DEEP_LOW
     w = len(rows)
     low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
-    keys = _block_keys(low.reshape(n * w, 8, 8))
+    keys = block_keys(low.reshape(n * w, 8, 8))
     return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
 
 
@@ -173,7 +174,7 @@ def _occlusion_matrices(lengths: tuple[float, ...]) -> tuple[np.ndarray, np.ndar
                 part = _axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
                 rows.append(part if axis == 0 else whole)
                 cols.append(whole if axis == 0 else part)
-    return _DCT_LOW @ np.stack(rows), _DCT_LOW @ np.stack(cols)
+    return DCT_LOW @ np.stack(rows), DCT_LOW @ np.stack(cols)
 
 
 _OCCLUSION_LOW = _occlusion_matrices(OCCLUSION_LENGTHS)
@@ -188,5 +189,5 @@ def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     rows, cols = _OCCLUSION_LOW
     w = len(rows)
     low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]
-    keys = _block_keys(low.reshape(n * w, 8, 8))
+    keys = block_keys(low.reshape(n * w, 8, 8))
     return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
