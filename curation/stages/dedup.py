@@ -81,6 +81,10 @@ def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[K
                 rules.blank_min_alpha,
                 aspect_windows=rules.aspect_windows,
                 trim_borders=rules.trim_borders,
+                rotation_windows=rules.rotation_windows,
+                deep_windows=rules.deep_windows,
+                occlusion_windows=rules.occlusion_windows,
+                local_features=rules.verify,
             )
         )
     return out
@@ -115,6 +119,11 @@ def keys_table(table: pa.Table, shard: int, results: list[KeyResult], reject_bla
                 [phash_to_int64(list(results[i].windows)).tolist() if results[i].windows else None for i in rows],
                 pa.list_(pa.int64()),
             ),
+            "features": pa.array([results[i].features for i in rows], pa.binary()),
+            "occlusion": pa.array(
+                [phash_to_int64(list(results[i].occlusion)).tolist() if results[i].occlusion else None for i in rows],
+                pa.list_(pa.int64()),
+            ),
         },
         schema=KEYS_SCHEMA,
     )
@@ -147,7 +156,11 @@ def hash_task(stage: StageDir, index: int, uri: str, rules: DedupRules) -> Shard
 
 
 def read_keys(stage: StageDir, index: int) -> pa.Table:
-    return read_parquet(stage.path(HASHED_DIR, f"{hashed_shard(index)}.parquet"), stage.storage).cast(KEYS_SCHEMA)
+    table = read_parquet(stage.path(HASHED_DIR, f"{hashed_shard(index)}.parquet"), stage.storage)
+    for f in KEYS_SCHEMA:  # shards hashed before a nullable column existed (features, occlusion): nulls
+        if f.name not in table.column_names and f.nullable:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(KEYS_SCHEMA.names).cast(KEYS_SCHEMA)
 
 
 def unique_table(table: pa.Table, keys: pa.Table) -> pa.Table:
