@@ -60,6 +60,8 @@ class DedupRules:
                 raise DedupConfigError(f"[dedup.rules] {name} needs key = \"robust\" and crop_windows = true")
         if self.verify and self.key != "robust":
             raise DedupConfigError('[dedup.rules] verify needs key = "robust" (the keypoints are matched on the robust key\'s pairs)')
+        if self.verify and not self.exact:
+            raise DedupConfigError("[dedup.rules] verify needs exact = true (keypoints are joined on by key: one row per key)")
         if self.verify and self.max_distance == 0:
             raise DedupConfigError("[dedup.rules] verify needs max_distance > 0 (with verify it is the candidate distance, e.g. 10)")
         if self.occlusion_windows and not self.verify:
