@@ -19,7 +19,7 @@ import hashlib
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -91,8 +91,10 @@ def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[K
 
 
 def hash_column(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> tuple[list[str | None], list[str | None]]:
-    """pHash and error per image (hash-index: blank images are hashed like any other)."""
-    results = hash_images(images, rules)
+    """pHash and error per image (hash-index: blank images are hashed like any other; no window keys or
+    keypoints: a blocklist is matched on the pHash alone)."""
+    plain = replace(rules, rotation_windows=False, deep_windows=False, verify=False, occlusion_windows=False)
+    results = hash_images(images, plain)
     return [r.phash for r in results], [r.error for r in results]
 
 

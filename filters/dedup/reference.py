@@ -67,7 +67,7 @@ class InMemorySteps:
 
     def occlusion_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
         hashes = keys.column("phash").to_numpy()
-        occluded = occlusion_links(hashes, keys.column("occlusion").to_pylist(), self.rules.occlusion_distance, self.rules.bands)
+        occluded = occlusion_links(hashes, keys.column("occlusion").to_pylist(), self.rules.occlusion_distance)  # bands by cost
         return with_occlusion(links, occluded)
 
     def verify_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
