@@ -37,11 +37,17 @@ Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robu
 ``stage`` (the dedup stage as configs/sample.toml configures it: robust key + crop windows at k: a pair
 is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
-and its best threshold with precision >= 0.99 on the bench pairs). Reported: recall and precision on
+and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``):
+``rot`` (the stage's keys plus 28 rotated window keys, curation.hash_windows, at k), ``rot+deep`` (plus 50
+deep aspect windows), ``occlusion`` (12 occlusion windows matched window against window, at k),
+``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
+candidate_distance linked only when their ORB keypoints agree on one similarity transform:
+filters/neardup_verify.py) and ``verified`` (the same, with pairs whose occlusion windows are within
+OCCLUSION_DISTANCE also verified). Reported: recall and precision on
 the bench pairs, recall per edit class side by side, false links on the exhaustive pairs, and the
 hashing cost per image of keys_many over phash_many (best of 3 CPU-time runs; BLAS held to one thread).
 
-    python bench/neardup_quality.py [--distance K] [--copies 3] [--negatives 5] [--seed 0] [--sweep] [--no-pdq]
+    python bench/neardup_quality.py [--distance K] [--copies 3] [--negatives 5] [--seed 0] [--sweep] [--no-pdq] [--no-verify]
 """
 
 from __future__ import annotations
@@ -59,13 +65,17 @@ import time
 import tomllib
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many
+from curation.hash_windows import DEEP_LENGTHS, DEEP_PLACES, ROTATION_ANGLES, deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
+from curation.local_features import FEATURES_MAX, LocalFeatures, features_from_gray, pack_features
+from filters.dedup import plan_bands
+from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,6 +85,7 @@ TARGET_PRECISION = 0.99
 TARGET_CLASS_RECALL = 0.85
 TARGET_COST = 1.5
 PDQ_DISTANCES = (31, 63, 90)
+OCCLUSION_DISTANCE = 4  # occlusion window against occlusion window (verified pairs only)
 HARD_CLASSES = (
     "strip_crop",
     "crop_resize",
@@ -519,6 +530,101 @@ def key_methods(results) -> dict[str, KeyMethod]:
     }
 
 
+def upright_gray(blob: bytes) -> np.ndarray:
+    """Grayscale of the EXIF-upright image, alpha composited on white (what the dedup key sees)."""
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(blob)))
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert("L"))
+
+
+def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], ...]:
+    """Rotated, deep aspect and occlusion window keys of each image (curation.hash_windows)."""
+    rotated = [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
+    stacked = np.stack(thumbs)
+    return rotated, deep_aspect_keys(stacked), occlusion_keys(stacked)
+
+
+@dataclass
+class WindowWindowMethod:
+    """Distance = the smallest between any occlusion window of one row and any of the other's."""
+
+    windows: np.ndarray  # (N, W) uint64
+    ok: np.ndarray
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out = np.empty(len(a), np.int32)
+        for start in range(0, len(a), 20000):
+            x, y = self.windows[a[start : start + 20000]], self.windows[b[start : start + 20000]]
+            out[start : start + 20000] = np.bitwise_count(x[:, :, None] ^ y[:, None, :]).min(axis=(1, 2))
+        return np.where(self.ok[a] & self.ok[b], out, 999)
+
+
+def _as_u64(keys: list[tuple[str, ...]], base: KeyMethod) -> np.ndarray:
+    out = np.array([[int(x, 16) for x in r] for r in keys], np.uint64)
+    out[~base.ok] = base.keys[~base.ok, None]  # blank rows: no windows (their own key, which never links)
+    return out
+
+
+@dataclass
+class Verdicts:
+    """verify_pair's verdicts by pair, shared by the verified methods, and the CPU time they took."""
+
+    by_pair: dict[tuple[int, int], Verdict]
+    seconds: float = 0.0
+
+
+@dataclass
+class VerifiedMethod:
+    """``verified``: a key method's pairs within rules.link_distance linked, those within
+    rules.candidate_distance linked when verify_pair says so; distance 0 = linked, 999 = not."""
+
+    keys: KeyMethod
+    features: list[LocalFeatures]
+    rules: VerifyRules
+    verdicts: Verdicts
+    occlusion: WindowWindowMethod | None = None
+    occlusion_distance: int = -1
+
+    def verdict(self, a: int, b: int) -> Verdict:
+        pair = (min(a, b), max(a, b))
+        if pair not in self.verdicts.by_pair:
+            start = time.process_time()
+            self.verdicts.by_pair[pair] = verify_pair(self.features[pair[0]], self.features[pair[1]], self.rules)
+            self.verdicts.seconds += time.process_time() - start
+        return self.verdicts.by_pair[pair]
+
+    def candidates(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(key distance, candidate?) per pair: key within candidate_distance of the other's key or
+        windows, or an occlusion window within occlusion_distance of one of the other's."""
+        d = self.keys.pair_distance(a, b)
+        cand = d <= self.rules.candidate_distance
+        if self.occlusion is not None:
+            cand |= self.occlusion.pair_distance(a, b) <= self.occlusion_distance
+        return d, cand
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d, cand = self.candidates(a, b)
+        out = np.full(len(d), 999, np.int32)
+        for i in np.flatnonzero(cand):
+            if d[i] <= self.rules.link_distance:
+                out[i] = 0
+            elif self.verdict(int(a[i]), int(b[i])).verified(self.rules):
+                out[i] = 0
+        return out
+
+
+@dataclass
+class _Candidates:
+    """A verified method's candidate pairs as a distance (0 = candidate), for the exhaustive count."""
+
+    method: VerifiedMethod
+
+    def pair_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(self.method.candidates(a, b)[1], 0, 999).astype(np.int32)
+
+
 def configured() -> tuple[int, str]:
     """(max_distance, the stage variant) of configs/sample.toml's [dedup.rules]."""
     with open(REPO / "configs" / "sample.toml", "rb") as fh:
@@ -538,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also print recall/precision for k = 0..12")
     ap.add_argument("--no-pdq", action="store_true", help="skip PDQ (pdqhash not installed)")
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive negative pairs")
+    ap.add_argument("--no-verify", action="store_true", help="skip the rotated windows and ORB verification (issue 19)")
     args = ap.parse_args(argv)
     k_config, stage = configured()
     k = k_config if args.distance is None else args.distance
@@ -556,6 +663,33 @@ def main(argv: list[str] | None = None) -> int:
     methods: dict[str, object] = dict(key_methods(results))
     thresholds: dict[str, int] = {name: k for name in methods}
     print(f"the sample config's stage: robust key + windows '{stage}' at k = {k_config}")
+    rules = VerifyRules()
+    verified: VerifiedMethod | None = None
+    if not args.no_verify:
+        import cv2
+
+        cv2.setNumThreads(1)
+        grays = [upright_gray(blob) for blob in bench.data]
+        thumbs = [resize_gray_32(g) for g in grays]
+        sizes = [(g.shape[1], g.shape[0]) for g in grays]
+        rotated, deep, occluded = new_window_keys(thumbs, sizes)
+        base = methods[stage]
+        extra, deeper = _as_u64(rotated, base), _as_u64(deep, base)
+        methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
+        methods["rot+deep"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra, deeper], axis=1))
+        methods["occlusion"] = WindowWindowMethod(_as_u64(occluded, base), base.ok)
+        features = [features_from_gray(g) for g in grays]
+        methods["rot+deep+verify"] = VerifiedMethod(methods["rot+deep"], features, rules, Verdicts({}))
+        verified = VerifiedMethod(methods["rot+deep"], features, rules, methods["rot+deep+verify"].verdicts, methods["occlusion"], OCCLUSION_DISTANCE)
+        methods["verified"] = verified
+        for name in ("rot", "rot+deep", "occlusion"):
+            thresholds[name] = k
+        thresholds["rot+deep+verify"], thresholds["verified"] = 0, 0
+        print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); deep "
+              f"aspect windows: {deeper.shape[1]} ({len(DEEP_LENGTHS)} lengths x {len(DEEP_PLACES)} places x 2 axes); "
+              f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
+              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture), plus pairs with "
+              f"occlusion windows within {OCCLUSION_DISTANCE} of each other when ORB verifies")
     if not args.no_pdq:
         pdq = pdq_hashes(bench.data)
         dp_pdq, dn_pdq = pdq.pair_distance(pa_, pb), pdq.pair_distance(na, nb)
@@ -580,6 +714,17 @@ def main(argv: list[str] | None = None) -> int:
             for kk in range(13):
                 recall, precision, fp = _recall_precision(dp[name], dn[name], kk)
                 print(f"  {name:8s} k={kk:2d}: recall {recall:.4f}  precision {precision:.4f} ({fp} false)")
+    if verified is not None:
+        print(f"\nverified at other candidate distances (occlusion windows within {OCCLUSION_DISTANCE}; link distance, inliers "
+              f"and cells as above):")
+        for cd in (4, 6, 8, 10, 12):
+            other = VerifiedMethod(verified.keys, verified.features, replace(rules, candidate_distance=cd), verified.verdicts,
+                                   verified.occlusion, OCCLUSION_DISTANCE)
+            recall, precision, fp = _recall_precision(other.pair_distance(pa_, pb), other.pair_distance(na, nb), 0)
+            plan = plan_bands(cd, 1_000_000)
+            rows = (1 + verified.keys.windows.shape[1]) * len(plan.tables)
+            print(f"  candidates within {cd:2d}: recall {recall:.4f} precision {precision:.4f} ({fp} false); banded join at 1M "
+                  f"rows: {len(plan.blocks)} blocks, {len(plan.tables)} tables of >= {plan.key_bits}-bit keys, {rows:,} band rows per image")
     classes = list(dict.fromkeys(plabel.tolist()))
     shown = [n for n in methods if n != "robust"]
     print("\n| edit class | pairs | " + " | ".join(shown) + " |\n|---|---|" + "---|" * len(shown))
@@ -604,6 +749,11 @@ def main(argv: list[str] | None = None) -> int:
                 ex = ", ".join(f"{bench.names[a]} ~ {bench.names[b]}" for a, b in sorted(examples[t])[:3])
                 print(f"  {name.split('@')[0]} <= {t}: {counts[t]:,} false links in {total:,} pairs = {rate:.2e} per pair "
                       f"-> ~{rate * 5e11:.2g} per 1M images (5e11 pairs){'; e.g. ' + ex if ex else ''}")
+        if verified is not None:
+            total, counts, _ = _exhaustive_false_links(_Candidates(verified), bench.group, [0])
+            rate = counts[0] / total
+            print(f"  verified: candidates (keys within {rules.candidate_distance}, occlusion windows within {OCCLUSION_DISTANCE}) "
+                  f"= pairs it verifies: {counts[0]:,} in {total:,} = {rate:.2e} per pair -> ~{rate * 5e11:.2g} per 1M images")
     options = {"aspect_windows": "aspect" in stage, "trim_borders": "trim" in stage}
     t_plain = _cpu(lambda: phash_many(bench.data))
     t_crop = _cpu(lambda: keys_many(bench.data))
@@ -614,6 +764,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncost per image: phash {per(t_plain)}; keys_many: crop windows {per(t_crop)} ({t_crop / t_plain:.2f}x), "
           f"crop + aspect + trim {per(t_all)} ({t_all / t_plain:.2f}x); the sample config's ({stage}): {ratio:.2f}x "
           f"(target <= {TARGET_COST})")
+    if verified is not None:
+        t_rot = _cpu(lambda: new_window_keys(thumbs, sizes))  # noqa: F821
+        t_orb = _cpu(lambda: [features_from_gray(g) for g in grays])
+        t_new = t_stage + t_rot + t_orb
+        stored = np.mean([len(pack_features(f)) for f in features])
+        print(f"issue 19 (one core, CPU time): rotated + deep + occlusion window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
+              f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage keys + new windows + ORB = {t_new / t_plain:.2f}x pHash "
+              f"(target <= {TARGET_COST}); verification {1e3 * verified.verdicts.seconds / max(1, len(verified.verdicts.by_pair)):.3f} ms "
+              f"per pair ({len(verified.verdicts.by_pair):,} pairs); storage per row: {stored:.0f} bytes of features (at most "
+              f"{4 + 36 * FEATURES_MAX}) + {8 * (extra.shape[1] + deeper.shape[1] + len(occluded[0]))} bytes of rotated + deep + occlusion window keys")
+        recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
+        hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
+        met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST
+        print(f"targets (verified): recall {recall_v:.3f} at precision {precision_v:.4f}, every hard class >= "
+              f"{TARGET_CLASS_RECALL}: {hard_v}, cost {t_new / t_plain:.2f}x: {'met' if met else 'NOT met'}")
     recall, precision, _ = _recall_precision(dp[stage], dn[stage], k)
     ok = recall >= TARGET_RECALL and precision >= TARGET_PRECISION and per_class_ok and ratio <= TARGET_COST
     print(f"targets ({stage} at k = {k}: recall >= {TARGET_RECALL} at precision >= {TARGET_PRECISION}, every hard class >= "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from curation.phash import (  # noqa: F401
     HASH_SIZE,
+    DCT_LOW,
     IMG_SIZE,
     PRECISION_BITS,
     LANCZOS_SUPPORT,
@@ -33,6 +34,7 @@ from curation.phash import (  # noqa: F401
 )
 from curation.robust_key import (  # noqa: F401
     KEY_BACKGROUND,
+    block_keys,
     EXIF_ORIENTATION_TAG,
     KeyResult,
     dihedral_hashes,
@@ -58,6 +60,7 @@ from curation.robust_key import (  # noqa: F401
 
 __all__ = [
     "HASH_SIZE",
+    "DCT_LOW",
     "IMG_SIZE",
     "PRECISION_BITS",
     "LANCZOS_SUPPORT",
@@ -82,6 +85,7 @@ __all__ = [
     "phash",
     "phash_image",
     "KEY_BACKGROUND",
+    "block_keys",
     "EXIF_ORIENTATION_TAG",
     "KeyResult",
     "dihedral_hashes",

@@ -271,7 +271,8 @@ def _dct_matrix(n: int = IMG_SIZE) -> np.ndarray:
     return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
 
 
-_DCT_LOW = np.ascontiguousarray(_dct_matrix()[:HASH_SIZE])  # (8, 32)
+DCT_LOW = np.ascontiguousarray(_dct_matrix()[:HASH_SIZE])  # (8, 32): the low rows of the 32-point DCT-II
+_DCT_LOW = DCT_LOW  # the old private name
 
 
 def _bits_reference(pixels: np.ndarray) -> np.ndarray:

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels  # noqa: F401 (re-exported)
+from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.local_features import features_from_gray, pack_features
 from curation.phash import (
     DECODE_ERRORS,
-    HASH_SIZE,
     IMG_SIZE,
-    _DCT_LOW,
+    DCT_LOW,
     PhashMode,
     UndecodableImage,
     hashes_from_pixels,
@@ -44,7 +46,6 @@ from curation.phash import (
 
 KEY_BACKGROUND = 255  # fixed gray level transparent pixels are composited on
 EXIF_ORIENTATION_TAG = 0x0112
-_SIGNS = (np.arange(HASH_SIZE) % 2 == 0).astype(np.float64) * 2 - 1  # (+1, -1, +1, ...)
 # EXIF orientation -> the numpy operation that makes a stored (rows, cols) thumbnail upright
 _UPRIGHT = {
     2: lambda a: a[:, ::-1],
@@ -67,54 +68,8 @@ class KeyResult:
     blank: str | None = None
     error: str | None = None
     windows: tuple[str, ...] = ()  # keys of the crop windows (window_keys_from_pixels); () when blank
-
-
-def dihedral_hashes(pixels: np.ndarray) -> np.ndarray:
-    """(N, 8) uint64: the pHash bits of each of the 8 rotations/flips of a (N, 32, 32) batch, from one
-    DCT per image. Column 0 is the image as given (its bits equal hashes_from_pixels' away from ties)."""
-    n = pixels.shape[0]
-    low = _DCT_LOW @ pixels.astype(np.float64) @ _DCT_LOW.T  # (N, 8, 8)
-    both = np.stack([low, np.swapaxes(low, 1, 2)], axis=1)  # (N, 2, 8, 8)
-    rows = [1.0, _SIGNS]
-    variants = np.stack(
-        [both * np.asarray(r).reshape(-1, 1) * np.asarray(c).reshape(1, -1) for r in rows for c in rows], axis=2
-    ).reshape(n, 8, HASH_SIZE * HASH_SIZE)
-    bits = variants > np.median(variants, axis=2, keepdims=True)
-    packed = np.packbits(bits, axis=2)  # (N, 8, 8) bytes, big-endian
-    return packed.reshape(n * 8, 8).view(">u8").astype(np.uint64).reshape(n, 8)
-
-
-def canonical_block(low: np.ndarray) -> np.ndarray:
-    """(N, 8, 8) low DCT blocks brought to one orientation, the same for all 8 rotations/flips of an
-    image: transposed when the energy below the diagonal (vertical frequencies) exceeds the energy
-    above it, then columns mirrored when the horizontal gradient C[0,1] + C[0,3]/3 is negative, rows
-    when the vertical one C[1,0] + C[3,0]/3 is. (The minimum over the 8 variants' hashes would also be
-    invariant, but which variant is smallest flips under small edits: recall 0.78 against 0.92 at k = 4
-    on bench/neardup_quality.py's set.)"""
-    low = np.array(low, np.float64, copy=True)
-    upper = np.triu(np.ones((HASH_SIZE, HASH_SIZE), bool), 1)
-    vertical = (low**2)[:, upper.T].sum(axis=1) > (low**2)[:, upper].sum(axis=1)
-    low[vertical] = np.swapaxes(low[vertical], 1, 2)
-    mirror = (low[:, 0, 1] + low[:, 0, 3] / 3) < 0
-    flip = (low[:, 1, 0] + low[:, 3, 0] / 3) < 0
-    low[mirror] *= _SIGNS[None, :]
-    low[flip] *= _SIGNS[:, None]
-    return low
-
-
-def _block_keys(low: np.ndarray) -> list[str]:
-    """16-hex keys of (N, 8, 8) low DCT blocks: the canonical block's bits above its own median."""
-    flat = canonical_block(low).reshape(len(low), -1)
-    bits = flat > np.median(flat, axis=1, keepdims=True)
-    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
-
-
-def robust_keys_from_pixels(pixels: np.ndarray) -> list[str]:
-    """The dihedral-invariant keys (16 hex) of a (N, 32, 32) batch: the pHash bits of the canonical
-    block, each thresholded at its own median."""
-    if pixels.shape[0] == 0:
-        return []
-    return _block_keys(_DCT_LOW @ pixels.astype(np.float64) @ _DCT_LOW.T)
+    features: bytes | None = None  # packed ORB keypoints (local_features=True); None when blank or off
+    occlusion: tuple[str, ...] = ()  # occlusion window keys (occlusion_windows=True); () when blank or off
 
 
 # Crop windows. A copy cropped by a few per cent is, resized to 32x32, the original's matching window
@@ -151,7 +106,7 @@ def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
         for place in WINDOW_PLACES:
             r0 = mid if place == "centre" else (0.0 if place.startswith("top") else far)
             c0 = mid if place == "centre" else (0.0 if place.endswith("left") else far)
-            out.append((_DCT_LOW @ _window_axis(r0, length), _DCT_LOW @ _window_axis(c0, length)))
+            out.append((DCT_LOW @ _window_axis(r0, length), DCT_LOW @ _window_axis(c0, length)))
     return out
 
 
@@ -167,14 +122,14 @@ ASPECT_PLACES = ("start", "centre", "end")
 
 
 def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
-    whole = _DCT_LOW @ _window_axis(0.0, float(IMG_SIZE))
+    whole = DCT_LOW @ _window_axis(0.0, float(IMG_SIZE))
     out = []
     for axis in ("rows", "cols"):
         for scale in ASPECT_LENGTHS:
             length = IMG_SIZE * scale
             for place in ASPECT_PLACES:
                 start = {"start": 0.0, "centre": (IMG_SIZE - length) / 2, "end": IMG_SIZE - length}[place]
-                part = _DCT_LOW @ _window_axis(start, length)
+                part = DCT_LOW @ _window_axis(start, length)
                 out.append((part, whole) if axis == "rows" else (whole, part))
     return out
 
@@ -188,7 +143,7 @@ def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tu
     if pixels.shape[0] == 0:
         return []
     p = pixels.astype(np.float64)
-    per_window = [_block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
+    per_window = [block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
     return [tuple(keys) for keys in zip(*per_window)]
 
 
@@ -252,13 +207,34 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
 
 
-def _composited(image: Image.Image) -> tuple[np.ndarray, float]:
-    """32x32 grayscale of the image composited on KEY_BACKGROUND, and the fraction of visible pixels."""
+def composited_gray(image: Image.Image) -> tuple[np.ndarray, float]:
+    """Full-size grayscale (uint8) of the image composited on KEY_BACKGROUND, and the fraction of visible pixels."""
     rgba = image.convert("LA") if image.mode in ("LA", "La") else image.convert("RGBA")
     alpha = np.asarray(rgba.getchannel("A"), np.float64) / 255.0
     gray = np.asarray(rgba.convert("RGB").convert("L") if rgba.mode == "RGBA" else rgba.getchannel("L"), np.float64)
-    flat = np.rint(gray * alpha + KEY_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
-    return resize_gray_32(flat), float((alpha > 0).mean())
+    return np.rint(gray * alpha + KEY_BACKGROUND * (1.0 - alpha)).astype(np.uint8), float((alpha > 0).mean())
+
+
+def _composited(image: Image.Image) -> tuple[np.ndarray, float]:
+    """32x32 grayscale of the image composited on KEY_BACKGROUND, and the fraction of visible pixels."""
+    flat, visible = composited_gray(image)
+    return resize_gray_32(flat), visible
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the picture made upright by its EXIF orientation (5..8 swap the axes)."""
+    w, h = image.size
+    return (h, w) if _orientation(image) in (5, 6, 7, 8) else (w, h)
+
+
+def _features(image: Image.Image, gray: np.ndarray | None) -> bytes:
+    """Packed ORB keypoints of the decoded grayscale (alpha composited; orientation does not matter:
+    the verification fits any rotation)."""
+    if _has_alpha(image):
+        gray = composited_gray(image)[0]
+    elif gray is None:
+        gray = np.asarray(image.convert("L"))
+    return pack_features(features_from_gray(gray))
 
 
 def _orientation(image: Image.Image) -> int:
@@ -294,12 +270,19 @@ def keys_many(
     blank_min_alpha: float = 0.05,
     aspect_windows: bool = False,
     trim_borders: bool = False,
+    rotation_windows: bool = False,
+    deep_windows: bool = False,
+    occlusion_windows: bool = False,
+    local_features: bool = False,
 ) -> list[KeyResult]:
     """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each; the
-    window keys are the crop windows' (and the aspect windows' with ``aspect_windows``; and, with
-    ``trim_borders``, the key of the picture inside letterbox / pillarbox bars when it has some)."""
+    window keys are, in this order, the crop windows' (20), the aspect windows' with ``aspect_windows``
+    (36), the rotated windows' with ``rotation_windows`` (28, curation.hash_windows), the deep aspect
+    windows' with ``deep_windows`` (50), and last, with ``trim_borders``, the key of the picture inside
+    letterbox / pillarbox bars when it has some. ``occlusion_windows`` fills ``occlusion`` (12 keys,
+    matched window against window), ``local_features`` fills ``features`` (packed ORB keypoints)."""
     mode = PhashMode(mode)
-    thumbs, key_thumbs, blanks, trimmed = [], [], [], []
+    thumbs, key_thumbs, blanks, trimmed, sizes, features = [], [], [], [], [], []
     results: list[KeyResult | None] = []
     for data in items:
         try:
@@ -307,7 +290,8 @@ def keys_many(
                 raise UndecodableImage("no image bytes")
             image = open_image(data)
             try:
-                trim = None
+                trim = gray = None
+                size = _upright_size(image)
                 if mode == PhashMode.FAST:
                     thumb = thumbnail_fast(image)
                     if trim_borders and not _has_alpha(image):
@@ -321,6 +305,8 @@ def keys_many(
                 if trim is not None:
                     upright = _UPRIGHT.get(_orientation(image))  # (the key is dihedral-invariant: for symmetry only)
                     trim = np.ascontiguousarray(upright(trim)) if upright else trim
+                if local_features:  # fast mode decoded a small draft: decode the picture again at full size
+                    features.append(_features(image, gray) if gray is not None else _features(open_image(data), None))
             except DECODE_ERRORS as e:
                 raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
         except UndecodableImage as e:
@@ -330,6 +316,7 @@ def keys_many(
         key_thumbs.append(kthumb)
         blanks.append(blank_reason(kthumb, visible, blank_std, blank_min_alpha))
         trimmed.append(trim)
+        sizes.append(size)
         results.append(None)
     empty = np.zeros((0, IMG_SIZE, IMG_SIZE), np.uint8)
     hashes = iter(hashes_from_pixels(np.stack(thumbs) if thumbs else empty))
@@ -337,16 +324,27 @@ def keys_many(
     keys, windows = iter(robust_keys_from_pixels(stacked)), iter(window_keys_from_pixels(stacked, aspect_windows))
     with_bars = [t for t in trimmed if t is not None]
     trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
-    blank, trims = iter(blanks), iter(trimmed)
+    none = [()] * len(key_thumbs)
+    deep = iter(deep_aspect_keys(stacked) if deep_windows and key_thumbs else none)
+    occluded = iter(occlusion_keys(stacked) if occlusion_windows and key_thumbs else none)
+    blank, trims, kthumbs, dims = iter(blanks), iter(trimmed), iter(key_thumbs), iter(sizes)
+    feats = iter(features if local_features else [None] * len(key_thumbs))
     out = []
     for r in results:
         if r is not None:
             out.append(r)
             continue
-        h, k, w, b, t = next(hashes), next(keys), next(windows), next(blank), next(trims)
+        h, k, w, b, t, kt, (width, height) = next(hashes), next(keys), next(windows), next(blank), next(trims), next(kthumbs), next(dims)
+        d, o, f = next(deep), next(occluded), next(feats)
+        if b:
+            out.append(KeyResult(h, None, b))
+            continue
+        if rotation_windows:
+            w = (*w, *rotated_window_keys(kt, width, height))
+        w = (*w, *d)
         if t is not None:
             w = (*w, next(trim_keys))
-        out.append(KeyResult(h, None, b) if b else KeyResult(h, k, None, windows=w))
+        out.append(KeyResult(h, k, None, windows=w, features=f, occlusion=tuple(o)))
     return out
 
 

@@ -60,9 +60,12 @@ def window_pairs(keys: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
     return edges, info
 
 def closest_links(links: DataFrame) -> DataFrame:
-    """filters.dedup.closest_links in Spark: (node, other, distance, window) per key of a link."""
-    both = links.select(F.col("a").alias("node"), F.col("b").alias("other"), "distance", "window").unionByName(
-        links.select(F.col("b").alias("node"), F.col("a").alias("other"), "distance", "window")
+    """filters.dedup.closest_links in Spark: (node, other, distance, window[, occluded, inliers, cells]) per
+    key of a link (LINKS or VERIFIED_LINKS), the same order: distance, window, occluded, other."""
+    order = ["distance", "window", *(["occluded"] if "occluded" in links.columns else [])]
+    verdict = [c for c in ("inliers", "cells") if c in links.columns]
+    both = links.select(F.col("a").alias("node"), F.col("b").alias("other"), *order, *verdict).unionByName(
+        links.select(F.col("b").alias("node"), F.col("a").alias("other"), *order, *verdict)
     )
-    best = both.groupBy("node").agg(F.min(F.struct("distance", "window", "other")).alias("best"))
-    return best.select("node", "best.other", "best.distance", "best.window")
+    best = both.groupBy("node").agg(F.min(F.struct(*order, "other", *verdict)).alias("best"))
+    return best.select("node", "best.other", *[f"best.{c}" for c in (*order, *verdict)])

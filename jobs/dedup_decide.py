@@ -36,6 +36,7 @@ from filters.dedup import (
 )
 from jobs.dedup_bands import banded_pairs, closest_links, window_pairs
 from jobs.dedup_components import components_on_driver, connected_components
+from jobs.dedup_verify import occlusion_links, verified_links
 from jobs.partitions import whole_partition
 from schemas import REASON, Reason
 
@@ -97,14 +98,25 @@ class SparkSteps:
         self.decided.append(_as_decisions(collapsed.where(F.col(REASON).isNotNull())))
         return collapsed.where(F.col(REASON).isNull()).select(*KEYS.names)
 
-    def collapse_near(self, keys: DataFrame) -> None:
+    def near_links(self, keys: DataFrame) -> DataFrame:
+        if uses_windows(self.rules):
+            pairs, self.info["near_join"] = window_pairs(keys, self.rules)
+            return pairs
+        pairs, self.info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, self.rules)
+        return pairs.withColumn("window", F.lit(False))
+
+    def occlusion_links(self, keys: DataFrame, links: DataFrame) -> DataFrame:
+        links, self.info["occlusion_join"] = occlusion_links(keys, links, self.rules)
+        return links
+
+    def verify_links(self, keys: DataFrame, links: DataFrame) -> DataFrame:
+        links, self.info["verified"] = verified_links(keys, links, self.rules)
+        return links
+
+    def collapse_near(self, keys: DataFrame, pairs: DataFrame) -> None:
         rules, info = self.rules, self.info
-        if uses_windows(rules):
-            pairs, info["near_join"] = window_pairs(keys, rules)
-        else:
-            pairs, info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, rules)
-            pairs = pairs.withColumn("window", F.lit(False))
-        if info["near_join"]["pairs"] <= DRIVER_EDGES_LIMIT:
+        edges = info.get("verified", info["near_join"])["pairs"]
+        if edges <= DRIVER_EDGES_LIMIT:
             labels, info["components_on"] = components_on_driver(pairs), "driver"
         else:
             (labels, info["component_rounds"]), info["components_on"] = connected_components(pairs), "spark"

@@ -19,7 +19,7 @@ import hashlib
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -81,14 +81,20 @@ def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[K
                 rules.blank_min_alpha,
                 aspect_windows=rules.aspect_windows,
                 trim_borders=rules.trim_borders,
+                rotation_windows=rules.rotation_windows,
+                deep_windows=rules.deep_windows,
+                occlusion_windows=rules.occlusion_windows,
+                local_features=rules.verify,
             )
         )
     return out
 
 
 def hash_column(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> tuple[list[str | None], list[str | None]]:
-    """pHash and error per image (hash-index: blank images are hashed like any other)."""
-    results = hash_images(images, rules)
+    """pHash and error per image (hash-index: blank images are hashed like any other; no window keys or
+    keypoints: a blocklist is matched on the pHash alone)."""
+    plain = replace(rules, rotation_windows=False, deep_windows=False, verify=False, occlusion_windows=False)
+    results = hash_images(images, plain)
     return [r.phash for r in results], [r.error for r in results]
 
 
@@ -113,6 +119,11 @@ def keys_table(table: pa.Table, shard: int, results: list[KeyResult], reject_bla
             "blank": pa.array([results[i].blank is not None for i in rows], pa.bool_()),
             "windows": pa.array(
                 [phash_to_int64(list(results[i].windows)).tolist() if results[i].windows else None for i in rows],
+                pa.list_(pa.int64()),
+            ),
+            "features": pa.array([results[i].features for i in rows], pa.binary()),
+            "occlusion": pa.array(
+                [phash_to_int64(list(results[i].occlusion)).tolist() if results[i].occlusion else None for i in rows],
                 pa.list_(pa.int64()),
             ),
         },
@@ -147,7 +158,11 @@ def hash_task(stage: StageDir, index: int, uri: str, rules: DedupRules) -> Shard
 
 
 def read_keys(stage: StageDir, index: int) -> pa.Table:
-    return read_parquet(stage.path(HASHED_DIR, f"{hashed_shard(index)}.parquet"), stage.storage).cast(KEYS_SCHEMA)
+    table = read_parquet(stage.path(HASHED_DIR, f"{hashed_shard(index)}.parquet"), stage.storage)
+    for f in KEYS_SCHEMA:  # shards hashed before a nullable column existed (features, occlusion): nulls
+        if f.name not in table.column_names and f.nullable:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(KEYS_SCHEMA.names).cast(KEYS_SCHEMA)
 
 
 def unique_table(table: pa.Table, keys: pa.Table) -> pa.Table:

@@ -2,7 +2,7 @@
 
 One module per step of the work: ``rules`` (DedupRules), ``tables`` (work-table schemas, PREFERENCE),
 ``hashes`` (pHash encodings, text key), ``bands`` (the banded join), ``grouping`` (components, kept
-rows, decisions), ``steps`` (the step order and the key choice, shared by the reference and the Spark
+rows, decisions), ``verify`` (issue 19: occlusion candidates and keypoint verification of candidate pairs), ``steps`` (the step order and the key choice, shared by the reference and the Spark
 job) and ``reference`` (every step on one in-memory table). This package re-exports their public names.
 
 The steps, in the order the ``dedup`` stage applies them (each one sees only the rows the previous
@@ -47,6 +47,15 @@ when one's key is within k of the other's key *or of one of its window keys* (a 
 close to the original's matching window); window keys are never compared with each other. A
 near_duplicate row's detail names the kept uid, then the row's closest link: which key, whether through
 a window, the distance and the other key (``KEPT robust-window distance=3 to 0f3c...``).
+
+**Issue 19's options** (robust key; ``verify`` module): ``rotation_windows`` and ``deep_windows`` add more
+window keys (curation.hash_windows), matched like the crop windows. With ``verify`` the links of step 4
+are candidates: those within ``verify_link_distance`` stay linked, the others only when
+filters.neardup_verify.verify_pair verifies the pair's ORB keypoints (KEYS ``features``);
+``occlusion_windows`` adds the pairs whose occlusion window keys (KEYS ``occlusion``) are within
+``occlusion_distance`` of each other, verified always. :func:`filters.dedup.steps.run_steps` orders these
+sub-steps for both engines (near links, occlusion links, verification, components); the detail of a
+verified link adds ``verified inliers=N cells=M``, one through occlusion windows says ``robust-occlusion``.
 """
 
 from __future__ import annotations
@@ -73,6 +82,10 @@ from filters.dedup.tables import (  # noqa: F401
     LINKS_SCHEMA,
     NODE_LINKS,
     NODE_LINKS_SCHEMA,
+    CANDIDATE_LINKS,
+    CANDIDATE_LINKS_SCHEMA,
+    VERIFIED_LINKS,
+    VERIFIED_LINKS_SCHEMA,
     BLOCKLIST,
     MATCHES,
 )
@@ -100,6 +113,7 @@ from filters.dedup.grouping import (  # noqa: F401
     components,
     closest_links,
     with_links,
+    LINK_DETAIL,
     link_detail,
     collapse_components,
     with_decision,
@@ -109,6 +123,14 @@ from filters.dedup.grouping import (  # noqa: F401
     closest_matches,
     eval_matches,
     reject_matching,
+)
+from filters.dedup.verify import (  # noqa: F401
+    verify_rules,
+    needs_verdict,
+    verify_links,
+    occlusion_links,
+    with_occlusion,
+    with_features,
 )
 from filters.dedup.steps import (  # noqa: F401
     Steps,
@@ -140,6 +162,10 @@ __all__ = [
     "LINKS_SCHEMA",
     "NODE_LINKS",
     "NODE_LINKS_SCHEMA",
+    "CANDIDATE_LINKS",
+    "CANDIDATE_LINKS_SCHEMA",
+    "VERIFIED_LINKS",
+    "VERIFIED_LINKS_SCHEMA",
     "BLOCKLIST",
     "MATCHES",
     "text_key",
@@ -161,6 +187,7 @@ __all__ = [
     "components",
     "closest_links",
     "with_links",
+    "LINK_DETAIL",
     "link_detail",
     "collapse_components",
     "with_decision",
@@ -170,6 +197,12 @@ __all__ = [
     "closest_matches",
     "eval_matches",
     "reject_matching",
+    "verify_rules",
+    "needs_verdict",
+    "verify_links",
+    "occlusion_links",
+    "with_occlusion",
+    "with_features",
     "Steps",
     "key_swap",
     "run_steps",

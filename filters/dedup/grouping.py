@@ -28,46 +28,64 @@ def components(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
     np.minimum.at(smallest, labels, nodes)
     return dict(zip(nodes.tolist(), smallest[labels].tolist()))
 
+LINK_DETAIL = ("other", "distance", "window", "occluded", "inliers", "cells")  # NODE_LINKS columns a decision reads
+
+
 def closest_links(links: pa.Table) -> pa.Table:
-    """NODE_LINKS: for each key of a link, its closest link (smallest distance, then key-key before
-    key-window, then the smallest other key): what the near_duplicate detail reports."""
+    """NODE_LINKS: for each key of a link (LINKS, or VERIFIED_LINKS with occlusion and the verdict), its
+    closest link (smallest distance, then key-key before key-window, then key / window before occlusion,
+    then the smallest other key): what the near_duplicate detail reports."""
+    extra = [c for c in ("occluded", "inliers", "cells") if c in links.column_names]
+    names = ["node", "other", "distance", "window", *extra]
     both = pa.concat_tables(
         [
-            links.select(["a", "b", "distance", "window"]).rename_columns(["node", "other", "distance", "window"]),
-            links.select(["b", "a", "distance", "window"]).rename_columns(["node", "other", "distance", "window"]),
+            links.select(["a", "b", "distance", "window", *extra]).rename_columns(names),
+            links.select(["b", "a", "distance", "window", *extra]).rename_columns(names),
         ]
     )
-    best = both.sort_by([("node", "ascending"), ("distance", "ascending"), ("window", "ascending"), ("other", "ascending")])
+    order = ["node", "distance", "window", *(["occluded"] if extra else []), "other"]
+    best = both.sort_by([(c, "ascending") for c in order])
     node = best.column("node").to_numpy()
     first = np.concatenate([[True], node[1:] != node[:-1]]) if len(node) else np.zeros(0, bool)
-    return best.filter(pa.array(first)).cast(NODE_LINKS_SCHEMA)
+    best = best.filter(pa.array(first))
+    for c in ("occluded", "inliers", "cells"):
+        if c not in best.column_names:
+            best = best.append_column(c, pa.nulls(best.num_rows, NODE_LINKS_SCHEMA.field(c).type))
+    return best.select(NODE_LINKS_SCHEMA.names).cast(NODE_LINKS_SCHEMA)
 
 def with_links(keys: pa.Table, node_links: pa.Table) -> pa.Table:
-    """``keys`` with the closest link of each row's key (NODE_LINKS: other, distance, window; null when none)."""
+    """``keys`` with the closest link of each row's key (NODE_LINKS columns LINK_DETAIL; null when none)."""
     at = pc.index_in(keys.column("phash"), value_set=node_links.column("node"))
-    for c in ("other", "distance", "window"):
+    for c in LINK_DETAIL:
         keys = keys.append_column(c, pc.take(node_links.column(c), at))
     return keys
 
-def link_detail(kept_uid: str, key: str, distance: int, window: bool, other: int) -> str:
+def link_detail(kept_uid: str, key: str, distance: int, window: bool, other: int, occlusion: bool | None = None,
+                inliers: int | None = None, cells: int | None = None) -> str:
     """near_duplicate detail: the kept uid, then which key and distance linked the row, and to which
     key (e.g. ``u42 robust-window distance=3 to 0f3c...``: the row's robust key is 3 bits from a crop
-    window key of the row whose key is 0f3c..., or the other way round)."""
-    return f"{kept_uid} {key}{'-window' if window else ''} distance={distance} to {int64_to_phash(np.array([other]))[0]}"
+    window key of the row whose key is 0f3c..., or the other way round). A verified link (``verify``)
+    adds its verdict (``u42 robust-window distance=7 verified inliers=23 cells=9 to 0f3c...``); one found
+    through occlusion windows says ``robust-occlusion`` and gives the distance of the two row keys."""
+    via = "-occlusion" if occlusion else ("-window" if window else "")
+    verdict = f" verified inliers={inliers} cells={cells}" if inliers is not None else ""
+    return f"{kept_uid} {key}{via} distance={distance}{verdict} to {int64_to_phash(np.array([other]))[0]}"
 
 def collapse_components(grouped: pa.Table, key: str) -> pa.Table:
     """KEYS_DECIDED rows dropped by the near-duplicate step, from KEYS rows with ``component`` and their closest link
-    (NODE_LINKS columns ``distance``, ``window``, ``other``, null for a row that has no link): one row
-    kept per component, the others near_duplicate with :func:`link_detail`."""
-    plain = grouped.drop_columns([c for c in ("distance", "window", "other") if c in grouped.column_names])
+    (NODE_LINKS columns LINK_DETAIL, null for a row that has no link; occlusion, inliers and cells may be
+    absent): one row kept per component, the others near_duplicate with :func:`link_detail`."""
+    plain = grouped.drop_columns([c for c in LINK_DETAIL if c in grouped.column_names])
     _, dropped = collapse_groups(plain, ["component"], Reason.NEAR_DUPLICATE)
     if dropped.num_rows == 0:
         return dropped
-    links = {h: (d, w, o) for h, d, w, o in zip(*(grouped.column(c).to_pylist() for c in ("phash", "distance", "window", "other")))}
-    details = [
-        link_detail(kept, key, *links[h]) if links.get(h, (None,))[0] is not None else kept
-        for kept, h in zip(dropped.column(DETAIL).to_pylist(), dropped.column("phash").to_pylist())
-    ]
+    n = grouped.num_rows
+    cols = [grouped.column(c).to_pylist() if c in grouped.column_names else [None] * n for c in ("distance", "window", "other", "occluded", "inliers", "cells")]
+    links = dict(zip(grouped.column("phash").to_pylist(), zip(*cols)))
+    details = []
+    for kept, h in zip(dropped.column(DETAIL).to_pylist(), dropped.column("phash").to_pylist()):
+        link = links.get(h)
+        details.append(kept if link is None or link[0] is None else link_detail(kept, key, *link))
     return dropped.set_column(dropped.column_names.index(DETAIL), DETAIL, pa.array(details, pa.string()))
 
 def with_decision(keys: pa.Table, reason: Reason | None, detail: pa.Array | pa.ChunkedArray | None = None) -> pa.Table:

@@ -24,6 +24,7 @@ from filters.dedup.grouping import (
 from filters.dedup.rules import DedupRules, uses_windows
 from filters.dedup.steps import run_steps
 from filters.dedup.tables import KEY_COLUMNS, KEYS_DECIDED, KEYS_SCHEMA
+from filters.dedup.verify import occlusion_links, verify_links, with_features, with_occlusion
 
 
 @dataclass
@@ -57,15 +58,25 @@ class InMemorySteps:
         self.dropped.append(dropped)
         return keys
 
-    def collapse_near(self, keys: pa.Table) -> None:
-        if not keys.num_rows:
-            return
+    def near_links(self, keys: pa.Table) -> pa.Table:
         rules = self.rules
         hashes = keys.column("phash").to_numpy()
         if uses_windows(rules):
-            links = window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
-        else:
-            links = as_links(near_pairs(hashes, rules.max_distance, rules.bands))
+            return window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
+        return as_links(near_pairs(hashes, rules.max_distance, rules.bands))
+
+    def occlusion_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
+        hashes = keys.column("phash").to_numpy()
+        occluded = occlusion_links(hashes, keys.column("occlusion").to_pylist(), self.rules.occlusion_distance)  # bands by cost
+        return with_occlusion(links, occluded)
+
+    def verify_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
+        return verify_links(with_features(links, keys), self.rules)
+
+    def collapse_near(self, keys: pa.Table, links: pa.Table) -> None:
+        if not keys.num_rows:
+            return
+        rules = self.rules
         label = components(links.column("a").to_numpy(), links.column("b").to_numpy())
         labels = [label.get(h, h) for h in keys.column("phash").to_pylist()]
         grouped = keys.append_column("component", pa.array(labels, pa.int64()))

@@ -29,6 +29,15 @@ class DedupRules:
     crop_windows: bool = True  # robust key: near duplicates also match crop windows (see module doc)
     aspect_windows: bool = False  # with crop_windows: also the 36 aspect windows (one-side strips, other aspect ratios)
     trim_borders: bool = False  # with crop_windows: also the key of the picture inside letterbox / pillarbox bars
+    # issue 19 (see filters.dedup's docstring and README): more window keys, and candidate pairs verified with ORB keypoints
+    rotation_windows: bool = False  # with crop_windows: also the 28 rotated window keys (turns of 4..28 degrees)
+    deep_windows: bool = False  # with crop_windows: also the 50 deep aspect window keys (40..75 % of one axis)
+    verify: bool = False  # pairs within verify_link_distance linked as before; those within max_distance only when verified
+    occlusion_windows: bool = False  # with verify: pairs whose occlusion window keys are within occlusion_distance are verified too
+    occlusion_distance: int = 4  # window-against-window distance of occlusion candidates
+    verify_link_distance: int = 2  # key distance linked without verification (ORB is not mirror-invariant)
+    verify_min_inliers: int = 10  # keypoint matches that agree on one similarity transform
+    verify_min_cells: int = 7  # of the 4x4 cells of each picture, those holding an agreeing keypoint
 
     def __post_init__(self) -> None:
         if self.key not in DEDUP_KEYS:
@@ -43,6 +52,30 @@ class DedupRules:
             raise DedupConfigError(f"[dedup.rules] bands must be 0 (auto) or max_distance+1..64, got {self.bands}")
         if self.hash_batch_rows < 1:
             raise DedupConfigError("[dedup.rules] hash_batch_rows must be >= 1")
+        self._check_issue19()
+
+    def _check_issue19(self) -> None:
+        for name in ("rotation_windows", "deep_windows"):
+            if getattr(self, name) and not (self.key == "robust" and self.crop_windows):
+                raise DedupConfigError(f"[dedup.rules] {name} needs key = \"robust\" and crop_windows = true")
+        if self.verify and self.key != "robust":
+            raise DedupConfigError('[dedup.rules] verify needs key = "robust" (the keypoints are matched on the robust key\'s pairs)')
+        if self.verify and not self.exact:
+            raise DedupConfigError("[dedup.rules] verify needs exact = true (keypoints are joined on by key: one row per key)")
+        if self.verify and self.max_distance == 0:
+            raise DedupConfigError("[dedup.rules] verify needs max_distance > 0 (with verify it is the candidate distance, e.g. 10)")
+        if self.occlusion_windows and not self.verify:
+            raise DedupConfigError("[dedup.rules] occlusion_windows needs verify = true (occlusion candidates are only linked verified)")
+        if self.verify and not 0 <= self.verify_link_distance <= self.max_distance:
+            raise DedupConfigError(
+                f"[dedup.rules] verify_link_distance must be 0..max_distance ({self.max_distance}), got {self.verify_link_distance}"
+            )
+        if not 1 <= self.occlusion_distance <= MAX_DISTANCE_LIMIT:
+            raise DedupConfigError(f"[dedup.rules] occlusion_distance must be 1..{MAX_DISTANCE_LIMIT}, got {self.occlusion_distance}")
+        if self.verify_min_inliers < 3:
+            raise DedupConfigError(f"[dedup.rules] verify_min_inliers must be >= 3 (a similarity transform), got {self.verify_min_inliers}")
+        if not 1 <= self.verify_min_cells <= 16:
+            raise DedupConfigError(f"[dedup.rules] verify_min_cells must be 1..16 (cells of a 4x4 grid), got {self.verify_min_cells}")
 
 def uses_windows(rules: DedupRules) -> bool:
     return rules.key == "robust" and rules.crop_windows and rules.max_distance > 0

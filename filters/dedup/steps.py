@@ -34,8 +34,20 @@ class Steps(Protocol[T]):
         """Steps 2 and 3, duplicate_pair then duplicate_phash; returns the rows still kept."""
         ...
 
-    def collapse_near(self, keys: T) -> None:
-        """Step 4, near_duplicate: one row kept per connected component of the "within k" graph."""
+    def near_links(self, keys: T) -> T:
+        """Step 4a: LINKS of the rows whose keys (with windows) are within max_distance."""
+        ...
+
+    def occlusion_links(self, keys: T, links: T) -> T:
+        """Step 4b (occlusion_windows): ``links`` with ``occluded``, plus the pairs only their occlusion windows link."""
+        ...
+
+    def verify_links(self, keys: T, links: T) -> T:
+        """Step 4c (verify): VERIFIED_LINKS, the links that filters.dedup.verify.verify_links keeps."""
+        ...
+
+    def collapse_near(self, keys: T, links: T) -> None:
+        """Step 4d, near_duplicate: one row kept per connected component of the links."""
         ...
 
 
@@ -55,4 +67,9 @@ def run_steps(engine: Steps[T], keys: T, rules: DedupRules, blocklist=None) -> N
     if rules.pairs or rules.exact:
         keys = engine.collapse_exact(keys)
     if rules.max_distance > 0:
-        engine.collapse_near(keys)
+        links = engine.near_links(keys)
+        if rules.occlusion_windows:
+            links = engine.occlusion_links(keys, links)
+        if rules.verify:
+            links = engine.verify_links(keys, links)
+        engine.collapse_near(keys, links)

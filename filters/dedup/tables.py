@@ -20,6 +20,8 @@ KEYS = Table(
         Column("robust", "int64", True, "the robust dedup key (curation.hashing.keys_many), same encoding; null when blank"),
         Column("blank", "bool", True, "blank / low-information image kept (reject_blank off): never used as a dedup key"),
         Column("windows", "list<int64>", True, "robust keys of the image's crop windows (curation.hashing); null when blank"),
+        Column("features", "binary", True, "packed ORB keypoints (curation.local_features.pack_features); null when blank or verify off"),
+        Column("occlusion", "list<int64>", True, "robust keys of the occlusion windows (curation.hash_windows); null when blank or off"),
     ),
 )
 KEY_COLUMNS = tuple(KEYS.names)
@@ -53,6 +55,18 @@ PAIRS = Table(
 PAIRS_SCHEMA = PAIRS.arrow_schema()
 LINKS = PAIRS.extend("dedup_links", Column("window", "bool", False, "the link is a key within distance of a crop window key"))
 LINKS_SCHEMA = LINKS.arrow_schema()
+# with [dedup.rules] verify (filters.dedup.verify): the candidates with both ends' keypoints, and the links kept
+_OCCLUSION = Column("occluded", "bool", False, "an occlusion-window candidate (never linked unverified)")
+_VERDICT = (
+    Column("inliers", "int32", True, "keypoint matches agreeing on one transform; null when linked unverified"),
+    Column("cells", "int32", True, "4x4 cells of the pictures holding an agreeing keypoint (the fewer side); null when unverified"),
+)
+CANDIDATE_LINKS = LINKS.extend(
+    "dedup_candidate_links", _OCCLUSION, Column("features_a", "binary", True), Column("features_b", "binary", True)
+)
+CANDIDATE_LINKS_SCHEMA = CANDIDATE_LINKS.arrow_schema()
+VERIFIED_LINKS = LINKS.extend("dedup_verified_links", _OCCLUSION, *_VERDICT)
+VERIFIED_LINKS_SCHEMA = VERIFIED_LINKS.arrow_schema()
 NODE_LINKS = Table(
     "dedup_node_links",
     (
@@ -60,6 +74,8 @@ NODE_LINKS = Table(
         Column("other", "int64", False, "the key it is closest linked to"),
         Column("distance", "int32", False),
         Column("window", "bool", False),
+        Column("occluded", "bool", True, "found through occlusion windows; null: occlusion_windows off"),
+        *_VERDICT,
     ),
 )
 NODE_LINKS_SCHEMA = NODE_LINKS.arrow_schema()

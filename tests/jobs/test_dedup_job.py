@@ -301,3 +301,19 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
     keep = StageDir(str(tmp_path / "keep"), "dedup")
     assert {"blank-white", "blank-black", "photo", "photo-mirrored", "logo-0"} <= {r["uid"] for r in keep.read().to_pylist()}
     assert [(r["reason"], r["detail"]) for r in keep.read("rejected").to_pylist() if r["uid"] == "logo-1"] == [("duplicate_phash", "logo-0")]
+
+
+def test_verified_near_duplicates_in_spark_equal_the_reference(spark, tmp_path):
+    """[dedup.rules] verify with rotated / deep / occlusion windows: the job's decisions (and details with
+    the verdicts) equal the in-memory reference's on real photos, their turned copies and banner copies."""
+    from tests.filters.test_dedup_verify import ON, decided, edited_rows
+
+    images = edited_rows()
+    first = fetched_rows()[0]
+    rows = [{**first, "uid": uid, "text": uid, "width": 100, "height": 1, "image_bytes": data} for uid, data in images.items()]
+    src = write_fetched(tmp_path / "fetched", rows, files=2)
+    stats = job.run(spark, src, str(tmp_path / "out"), _config(ON))
+    got = {r["uid"]: r["detail"] for r in StageDir(str(tmp_path / "out"), "dedup").read("rejected").to_pylist()}
+    assert got == decided(images, ON)
+    assert any(" verified inliers=" in d for d in got.values())
+    assert stats["verified"]["candidates"] >= stats["verified"]["pairs"] > 0

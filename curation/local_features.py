@@ -1,0 +1,143 @@
+"""Compact local features of an image for near-duplicate verification (issue 19).
+
+A 64-bit perceptual key sees the whole picture: a copy cropped to another aspect, rotated by a few
+degrees or with a sticker over a fifth of it lands too far from the original's key (or any of its
+window keys) for a banded join at small k. Local features see parts: ORB keypoints (FAST corners with
+a rotation-compensated 256-bit BRIEF descriptor, OpenCV) of a small grayscale copy, kept per row, let a
+candidate pair be *verified*: descriptors matched both ways, then a similarity transform (rotation,
+uniform scale, translation: what crops, resizes, bars and rotations do) fitted with RANSAC; the pair is
+the same picture when enough matches agree with it (filters/neardup_verify.py).
+
+Keypoints are found on a small copy (``FEATURES_SIDE`` pixels on the longer side, INTER_AREA), so the
+cost does not grow with the image, and spread over a 4x4 grid (the strongest few per cell) so that a
+caption or a sticker, whose corners are the strongest in the picture, cannot hold most of them.
+
+Per row: ``FEATURES_MAX`` keypoints at most, each (x, y) in 1/8 pixels of the small copy as uint16 and
+32 descriptor bytes: 36 bytes a keypoint, ``FEATURES_MAX * 36`` + 4 bytes a row at most
+(``pack_features``: the small copy's width and height, then the records). ORB is not mirror-invariant:
+mirrored copies are left to the 64-bit key (dihedral-invariant), which links them at small distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES_SIDE = 256  # longer side of the grayscale copy the keypoints are found on
+FEATURES_MAX = 96  # keypoints kept per image (strongest FAST response first)
+DESCRIPTOR_BYTES = 32
+RECORD_BYTES = 4 + DESCRIPTOR_BYTES  # x, y as uint16 + the descriptor
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image: ``xy`` (n, 2) float32 in the small copy's pixels, ``descriptors`` (n, 32)
+    uint8, ``size`` the small copy's (width, height)."""
+
+    xy: np.ndarray
+    descriptors: np.ndarray
+    size: tuple[int, int] = (0, 0)  # (width, height) of the small copy the keypoints are in
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+
+EMPTY = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, DESCRIPTOR_BYTES), np.uint8))
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    side: int = FEATURES_SIDE
+    max_features: int = FEATURES_MAX
+    fast_threshold: int = 12
+    edge_threshold: int = 15
+    scale_factor: float = 1.3
+    levels: int = 4
+    grid: int = 4  # keypoints spread over grid x grid cells, max_features / grid**2 strongest per cell
+    detect: int = 400  # keypoints detected before the spread selection
+
+
+def small_gray(gray: np.ndarray, side: int = FEATURES_SIDE) -> np.ndarray:
+    """The grayscale picture with its longer side at most ``side`` pixels (area averaging)."""
+    import cv2
+
+    h, w = gray.shape
+    scale = side / max(h, w)
+    if scale >= 1.0:
+        return np.ascontiguousarray(gray, np.uint8)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(np.ascontiguousarray(gray, np.uint8), size, interpolation=cv2.INTER_AREA)
+
+
+_ORB: dict[FeatureParams, object] = {}
+
+
+def _orb(params: FeatureParams):
+    import cv2
+
+    if params not in _ORB:
+        _ORB[params] = cv2.ORB_create(
+            nfeatures=params.detect,
+            scaleFactor=params.scale_factor,
+            nlevels=params.levels,
+            edgeThreshold=params.edge_threshold,
+            patchSize=params.edge_threshold * 2 + 1,
+            fastThreshold=params.fast_threshold,
+        )
+    return _ORB[params]
+
+
+def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()) -> LocalFeatures:
+    """ORB keypoints and descriptors of a uint8 grayscale picture (any size; it is shrunk first)."""
+    small = small_gray(gray, params.side)
+    if min(small.shape) < 2 * params.edge_threshold + 2:
+        return EMPTY
+    orb = _orb(params)
+    found = orb.detect(small, None)
+    if not found:
+        return EMPTY
+    chosen = spread(found, small.shape, params.grid, params.max_features)
+    keypoints, descriptors = orb.compute(small, chosen)
+    if descriptors is None or not keypoints:
+        return EMPTY
+    xy = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    return LocalFeatures(xy, np.ascontiguousarray(descriptors, np.uint8), (small.shape[1], small.shape[0]))
+
+
+def spread(keypoints, shape: tuple[int, int], grid: int, total: int) -> list:
+    """The strongest keypoints of each of grid x grid cells (total / grid**2 each; cells with fewer
+    leave their share to the strongest of the rest), so that no one textured region (a caption, a
+    sticker) holds most of them."""
+    h, w = shape
+    per_cell = max(1, total // (grid * grid))
+    response = np.array([-k.response for k in keypoints])
+    order = np.argsort(response, kind="stable")
+    cell = [min(grid - 1, int(keypoints[i].pt[1] * grid / h)) * grid + min(grid - 1, int(keypoints[i].pt[0] * grid / w)) for i in order]
+    taken: dict[int, int] = {}
+    chosen, rest = [], []
+    for i, c in zip(order, cell):
+        if taken.get(c, 0) < per_cell:
+            taken[c] = taken.get(c, 0) + 1
+            chosen.append(i)
+        else:
+            rest.append(i)
+    chosen += rest[: max(0, total - len(chosen))]
+    return [keypoints[i] for i in chosen]
+
+
+def pack_features(f: LocalFeatures) -> bytes:
+    """Row storage (a binary column): width, height as little-endian uint16, then per keypoint x, y in
+    1/8 pixels as little-endian uint16 and its 32 descriptor bytes."""
+    xy = np.clip(np.rint(f.xy * 8), 0, 65535).astype("<u2")
+    records = np.concatenate([xy.view(np.uint8).reshape(-1, 4), f.descriptors.reshape(-1, DESCRIPTOR_BYTES)], axis=1)
+    return np.array(f.size, "<u2").tobytes() + records.tobytes()
+
+
+def unpack_features(blob: bytes | None) -> LocalFeatures:
+    if not blob or len(blob) < 4:
+        return EMPTY
+    size = tuple(int(v) for v in np.frombuffer(blob[:4], "<u2"))
+    rec = np.frombuffer(blob[4:], np.uint8).reshape(-1, RECORD_BYTES)
+    xy = np.ascontiguousarray(rec[:, :4]).view("<u2").reshape(-1, 2).astype(np.float32) / 8
+    return LocalFeatures(xy, np.ascontiguousarray(rec[:, 4:]), (size[0], size[1]))

@@ -1,0 +1,56 @@
+"""ORB local features for near-duplicate verification (curation/local_features.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from curation.local_features import (
+    EMPTY,
+    FEATURES_MAX,
+    FEATURES_SIDE,
+    features_from_gray,
+    pack_features,
+    small_gray,
+    unpack_features,
+)
+from tests.conftest import photo_files
+
+
+def _gray(index: int = 0) -> np.ndarray:
+    _, data = photo_files(index + 1)[index]
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+
+
+def test_small_copy_has_the_configured_longer_side():
+    gray = _gray()
+    small = small_gray(gray)
+    assert max(small.shape) == FEATURES_SIDE
+    assert abs(small.shape[0] / small.shape[1] - gray.shape[0] / gray.shape[1]) < 0.02
+
+
+def test_a_photo_gets_at_most_the_configured_keypoints_spread_over_the_picture():
+    f = features_from_gray(_gray())
+    assert 0 < len(f) <= FEATURES_MAX
+    assert f.descriptors.shape == (len(f), 32) and f.descriptors.dtype == np.uint8
+    w, h = f.size
+    cells = {(int(x * 4 / w), int(y * 4 / h)) for x, y in f.xy}
+    assert len(cells) >= 10  # the spread keeps keypoints in most of the 16 cells of a real photo
+
+
+def test_a_tiny_or_flat_picture_has_no_features():
+    assert len(features_from_gray(np.zeros((20, 20), np.uint8))) == 0
+    assert len(features_from_gray(np.full((300, 300), 128, np.uint8))) == 0
+
+
+def test_packed_features_round_trip_at_one_eighth_pixel():
+    f = features_from_gray(_gray(1))
+    blob = pack_features(f)
+    assert len(blob) == 4 + 36 * len(f)
+    back = unpack_features(blob)
+    assert back.size == f.size
+    np.testing.assert_array_equal(back.descriptors, f.descriptors)
+    assert np.abs(back.xy - f.xy).max() <= 1 / 16 + 1e-6
+    assert len(unpack_features(None)) == 0 and len(unpack_features(pack_features(EMPTY))) == 0
