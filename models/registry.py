@@ -5,25 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from curation.storage import StorageOptions
+from schemas import ANNOTATED
 from models import weights
 from models.base import MissingWeightsError, ModelError, Scorer
 from models.config import ModelsConfig
 
 L14_EMBEDDING = "clip_vitl14.image_embedding"
 
-# every score column the annotate stage fills, with the MODELS.toml section that fills it
-SCORE_COLUMNS: dict[str, str] = {
-    "clip_similarity_vitb32": "clip_vitb32",
-    "clip_similarity_vitl14": "clip_vitl14",
-    "aesthetic_score_laion_v2": "aesthetic_laion_v2",
-    "watermark_score": "watermark",
-    "nsfw_score_opennsfw2": "nsfw_opennsfw2",
-    "nsfw_score_gantman": "nsfw_gantman",
-    "nsfw_score_nudenet": "nsfw_nudenet",
-    "num_faces": "faces",
-    "num_tokens_bert": "tokens",
-    "num_tokens_gpt": "tokens",
-}
+# every score column the annotate stage fills, with the MODELS.toml section that fills it (from the schema)
+SCORE_COLUMNS: dict[str, str] = {c.name: c.model for c in ANNOTATED.columns if c.model}
 
 
 def build_scorers(cfg: ModelsConfig, options: StorageOptions | None = None) -> list[Scorer]:

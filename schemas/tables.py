@@ -43,6 +43,7 @@ class Column:
     kind: str  # a key of _ARROW_TYPES
     nullable: bool = True
     doc: str = ""
+    model: str = ""  # a score column: the [models] section (MODELS.toml) whose scorer fills it
 
     def __post_init__(self) -> None:
         if self.kind not in _ARROW_TYPES:
@@ -176,19 +177,20 @@ ANNOTATED = Table(
         Column("image_phash", "string"),
         Column("text_length", "int32"),
         Column("word_count", "int32"),
-        Column("num_tokens_bert", "int32"),
-        Column("num_tokens_gpt", "int32"),
-        Column("num_faces", "int32"),
-        Column("clip_similarity_vitb32", "float32"),
-        Column("clip_similarity_vitl14", "float32"),
-        Column("nsfw_score_opennsfw2", "float32"),
-        Column("nsfw_score_gantman", "float32"),
-        Column("watermark_score", "float32"),
-        Column("aesthetic_score_laion_v2", "float32"),
+        Column("num_tokens_bert", "int32", model="tokens"),
+        Column("num_tokens_gpt", "int32", model="tokens"),
+        Column("num_faces", "int32", model="faces"),
+        Column("clip_similarity_vitb32", "float32", model="clip_vitb32"),
+        Column("clip_similarity_vitl14", "float32", model="clip_vitl14"),
+        Column("nsfw_score_opennsfw2", "float32", model="nsfw_opennsfw2"),
+        Column("nsfw_score_gantman", "float32", model="nsfw_gantman"),
+        Column("watermark_score", "float32", model="watermark"),
+        Column("aesthetic_score_laion_v2", "float32", model="aesthetic_laion_v2"),
         Column(UID, "string", False),
         Column("image_bytes", "binary"),
         # beyond COYO: the offline NSFW default (nudenet's shipped detector), in its own column
-        Column("nsfw_score_nudenet", "float32", True, "highest exposed-body-part score NudeDetector.detect reports (320n detector), 0 when none"),
+        Column("nsfw_score_nudenet", "float32", True, "highest exposed-body-part score NudeDetector.detect reports (320n detector), 0 when none",
+               model="nsfw_nudenet"),
     ),
 )
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from curation import storage
+from curation import lifecycle, storage
 from curation.errors import CurationError
+from curation.lifecycle import StageSpec
 from curation.stage import DATA, STATS, SUCCESS, StageDir, read_parquet
 from curation.storage import StorageOptions
 from curation.stages.config import Config
@@ -48,15 +49,13 @@ class SelectError(CurationError, ValueError):
 # --- input ------------------------------------------------------------------------------------
 
 
+SPEC = StageSpec(STAGE, upstream="annotate", input_columns=(UID,), finished_input=False)
+
+
 def input_files(uri: str, options: StorageOptions | None = None) -> list[str]:
-    """The parquet files of an input: a stage folder (its data/), a folder, a file or a glob."""
-    if storage.is_dir(storage.join(uri, DATA), options):
-        files = StageDir(uri, STAGE, options or StorageOptions()).files()
-    else:
-        files = [f for f in storage.expand_inputs([uri], options) if f.endswith(".parquet")]
-    if not files:
-        raise SelectError(f"no parquet files in {uri} (give an annotated stage folder, a folder or parquet files)")
-    return files
+    """The parquet files of an input (a finished annotate folder's data/, a folder, a file or a glob): the
+    lifecycle's one input listing, with select's spec."""
+    return lifecycle.input_files(SPEC, [uri], options or StorageOptions())
 
 
 def uid_query(engine: Engine, flt: SqlFilter) -> str:
