@@ -31,7 +31,7 @@ from curation.stages.annotate import (
 from curation.stages.config import Config, ConfigError
 from curation.lifecycle import Work, run_stage, input_files
 from curation.stage import DATA, StageDir, shard_stats_batch
-from jobs.partitions import MAX_TASKS, as_list, distribute, run_context
+from jobs.partitions import as_list, distribute, run_context, spread
 from models.config import ModelsConfig, load_models_config
 from models.registry import check_weights, describe_columns
 from models.runner import RunOptions
@@ -76,7 +76,7 @@ def fix_id_collisions(spark: SparkSession, stage: StageDir, id_bits: int) -> int
     files = stage.files(DATA)
     if not files:
         return 0
-    paths = spark.createDataFrame([(f,) for f in files], "uri string").repartition(min(len(files), MAX_TASKS))
+    paths = spread(spark, [(f,) for f in files])
     ids = paths.mapInArrow(partial(_ids_partition, options=stage.storage), "id long, uid string, shard string")
     shared = ids.groupBy("id").count().filter(F.col("count") > 1).select("id")
     rows = [r.asDict() for r in ids.join(shared, "id").collect()]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from curation.lifecycle import RunContext
@@ -38,13 +38,17 @@ def table_task(batches, task: Callable, stage: StageDir, **kwargs) -> Iterator[p
 MAX_TASKS = 10_000  # one Spark partition per unit of work, up to this many
 
 
+def spread(spark: SparkSession, rows: list, ddl: str = "uri string") -> DataFrame:
+    """``rows`` (tuples matching ``ddl``) as a DataFrame with one partition per row, up to MAX_TASKS."""
+    return spark.createDataFrame(rows, ddl).repartition(min(len(rows), MAX_TASKS))
+
+
 def distribute(spark: SparkSession, rows: list, ddl: str, partition_fn: Callable, schema) -> list:
     """One Spark task per row of work (up to MAX_TASKS partitions): ``partition_fn`` runs over each
     partition with mapInArrow; returns the collected SHARD_STATS rows (one per shard the tasks handled)."""
     if not rows:
         return []
-    df = spark.createDataFrame(rows, ddl).repartition(min(len(rows), MAX_TASKS))
-    return df.mapInArrow(partition_fn, schema).collect()
+    return spread(spark, rows, ddl).mapInArrow(partition_fn, schema).collect()
 
 
 def file_phase(
@@ -90,7 +94,7 @@ def bucket_phase(
     skip = sorted(int(name[len("part-b") :]) for name in completed)
     if not uris or len(skip) >= n_buckets:
         return completed
-    paths = spark.createDataFrame([(u,) for u in uris], "uri string").repartition(min(len(uris), MAX_TASKS))
+    paths = spread(spark, [(u,) for u in uris])
     rows = paths.mapInArrow(read, schema)
     if transform is not None:
         rows = transform(rows)

@@ -22,14 +22,14 @@ from curation.stages.semdedup import (
     train_centroids, write_histogram,
 )
 from curation.stage import StageDir, shard_stats_batch
-from jobs.partitions import MAX_TASKS, as_list, run_context, whole_partition
+from jobs.partitions import MAX_TASKS, as_list, run_context, spread, whole_partition
 from schemas import SHARD_STATS, UID
 
 log = logging.getLogger(__name__)
 
 
 def _files(spark: SparkSession, files: list[str]) -> DataFrame:
-    return spark.createDataFrame(list(enumerate(files)), "index int, uri string").repartition(min(len(files), MAX_TASKS))
+    return spread(spark, list(enumerate(files)), "index int, uri string")
 
 
 def _sample_partition(batches, fraction: float, keep_by: str, options):
