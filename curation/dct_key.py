@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.phash import DCT_LOW, HASH_SIZE
+from curation.phash import DCT_LOW, HASH_SIZE, IMG_SIZE
 
 _SIGNS = (np.arange(HASH_SIZE) % 2 == 0).astype(np.float64) * 2 - 1  # (+1, -1, +1, ...)
 
@@ -59,3 +59,15 @@ def robust_keys_from_pixels(pixels: np.ndarray) -> list[str]:
     if pixels.shape[0] == 0:
         return []
     return block_keys(DCT_LOW @ pixels.astype(np.float64) @ DCT_LOW.T)
+
+
+def window_axis(start: float, length: float, n: int = IMG_SIZE) -> np.ndarray:
+    """(n, n) matrix sampling the window [start, start + length) of an n-pixel axis at n pixel
+    centres, by linear interpolation."""
+    centres = np.clip(start + (np.arange(n) + 0.5) * length / n - 0.5, 0, n - 1)
+    lower = np.floor(centres).astype(int)
+    frac = centres - lower
+    matrix = np.zeros((n, n))
+    matrix[np.arange(n), lower] += 1 - frac
+    matrix[np.arange(n), np.minimum(lower + 1, n - 1)] += frac
+    return matrix

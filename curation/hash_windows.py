@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from curation.dct_key import block_keys, robust_keys_from_pixels
+from curation.dct_key import block_keys, robust_keys_from_pixels, window_axis
 from curation.phash import DCT_LOW, IMG_SIZE
 
 ROTATION_ANGLES = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)  # 3-30 degree turns within 2 degrees of one
@@ -106,31 +106,21 @@ DEEP_LENGTHS = (0.75, 0.65, 0.55, 0.47, 0.4)
 DEEP_PLACES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _axis(start: float, length: float, n: int = IMG_SIZE) -> np.ndarray:
-    """(32, n) matrix sampling [start, start + length) of an n-pixel axis at 32 pixel centres (linear)."""
-    centres = np.clip(start + (np.arange(IMG_SIZE) + 0.5) * length / IMG_SIZE - 0.5, 0, n - 1)
-    lower = np.floor(centres).astype(int)
-    frac = centres - lower
-    m = np.zeros((IMG_SIZE, n))
-    m[np.arange(IMG_SIZE), lower] += 1 - frac
-    m[np.arange(IMG_SIZE), np.minimum(lower + 1, n - 1)] += frac
-    return m
-
-
-def _deep_matrices(lengths: tuple[float, ...], places: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(W, 32, 32) row and column sampling matrices of the deep aspect windows: window = R @ P @ C.T."""
-    whole = _axis(0.0, float(IMG_SIZE))
+def _band_matrices(lengths: tuple[float, ...], places: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(W, 32, 32) row and column sampling matrices of windows that keep one axis whole and take each of
+    ``lengths`` of the other at each of ``places`` (0 = its start, 1 = its end): window = R @ P @ C.T."""
+    whole = window_axis(0.0, float(IMG_SIZE))
     rows, cols = [], []
     for axis in (0, 1):
         for length in lengths:
             for place in places:
-                part = _axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
+                part = window_axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
                 rows.append(part if axis == 0 else whole)
                 cols.append(whole if axis == 0 else part)
     return np.stack(rows), np.stack(cols)
 
 
-_DEEP = _deep_matrices(DEEP_LENGTHS, DEEP_PLACES)
+_DEEP = _band_matrices(DEEP_LENGTHS, DEEP_PLACES)
 _DEEP_LOW = (DCT_LOW @ _DEEP[0], DCT_LOW @ _DEEP[1])  # (W, 8, 32) each: the window's low DCT block directly
 
 
@@ -145,11 +135,17 @@ def deep_aspect_thumbnails(thumbs: np.ndarray) -> np.ndarray:
 def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     """Robust keys (16 hex) of each thumbnail's deep aspect windows, equal to the robust keys of
     deep_aspect_thumbnails (the sampling folded into the DCT, as curation.hashing's windows)."""
+    return _window_keys(thumbs, _DEEP_LOW)
+
+
+def _window_keys(thumbs: np.ndarray, low_matrices: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, ...]]:
+    """Per (32, 32) thumbnail of ``thumbs``, the robust keys of the W windows whose (W, 8, 32) row and
+    column matrices give each window's low DCT block directly."""
     p = np.asarray(thumbs, np.float64)
     n = len(p)
     if n == 0:
         return []
-    rows, cols = _DEEP_LOW
+    rows, cols = low_matrices
     w = len(rows)
     low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
     keys = block_keys(low.reshape(n * w, 8, 8))
@@ -165,29 +161,10 @@ def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
 OCCLUSION_LENGTHS = (0.8, 0.7, 0.55)
 
 
-def _occlusion_matrices(lengths: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    whole = _axis(0.0, float(IMG_SIZE))
-    rows, cols = [], []
-    for axis in (0, 1):
-        for length in lengths:
-            for place in (0.0, 1.0):
-                part = _axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
-                rows.append(part if axis == 0 else whole)
-                cols.append(whole if axis == 0 else part)
-    return DCT_LOW @ np.stack(rows), DCT_LOW @ np.stack(cols)
-
-
-_OCCLUSION_LOW = _occlusion_matrices(OCCLUSION_LENGTHS)
+_OCCLUSION = _band_matrices(OCCLUSION_LENGTHS, (0.0, 1.0))
+_OCCLUSION_LOW = (DCT_LOW @ _OCCLUSION[0], DCT_LOW @ _OCCLUSION[1])
 
 
 def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first)."""
-    p = np.asarray(thumbs, np.float64)
-    n = len(p)
-    if n == 0:
-        return []
-    rows, cols = _OCCLUSION_LOW
-    w = len(rows)
-    low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]
-    keys = block_keys(low.reshape(n * w, 8, 8))
-    return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
+    return _window_keys(thumbs, _OCCLUSION_LOW)

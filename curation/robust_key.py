@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels  # noqa: F401 (re-exported)
+from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis  # noqa: F401 (re-exported)
 from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys
 from curation.local_features import features_from_gray, pack_features
 from curation.phash import (
@@ -85,18 +85,6 @@ WINDOW_SCALES = (0.98, 0.96, 0.94, 0.92)
 WINDOW_PLACES = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 
 
-def _window_axis(start: float, length: float, n: int = IMG_SIZE) -> np.ndarray:
-    """(n, n) matrix sampling the window [start, start + length) of an n-pixel axis at n pixel
-    centres, by linear interpolation."""
-    centres = np.clip(start + (np.arange(n) + 0.5) * length / n - 0.5, 0, n - 1)
-    lower = np.floor(centres).astype(int)
-    frac = centres - lower
-    matrix = np.zeros((n, n))
-    matrix[np.arange(n), lower] += 1 - frac
-    matrix[np.arange(n), np.minimum(lower + 1, n - 1)] += frac
-    return matrix
-
-
 def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
     """(rows, cols) (8, 32) matrices per window: low block of a window = R @ pixels @ C.T."""
     out = []
@@ -106,7 +94,7 @@ def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
         for place in WINDOW_PLACES:
             r0 = mid if place == "centre" else (0.0 if place.startswith("top") else far)
             c0 = mid if place == "centre" else (0.0 if place.endswith("left") else far)
-            out.append((DCT_LOW @ _window_axis(r0, length), DCT_LOW @ _window_axis(c0, length)))
+            out.append((DCT_LOW @ window_axis(r0, length), DCT_LOW @ window_axis(c0, length)))
     return out
 
 
@@ -122,14 +110,14 @@ ASPECT_PLACES = ("start", "centre", "end")
 
 
 def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
-    whole = DCT_LOW @ _window_axis(0.0, float(IMG_SIZE))
+    whole = DCT_LOW @ window_axis(0.0, float(IMG_SIZE))
     out = []
     for axis in ("rows", "cols"):
         for scale in ASPECT_LENGTHS:
             length = IMG_SIZE * scale
             for place in ASPECT_PLACES:
                 start = {"start": 0.0, "centre": (IMG_SIZE - length) / 2, "end": IMG_SIZE - length}[place]
-                part = DCT_LOW @ _window_axis(start, length)
+                part = DCT_LOW @ window_axis(start, length)
                 out.append((part, whole) if axis == "rows" else (whole, part))
     return out
 
