@@ -38,6 +38,28 @@ def photo_files(n: int, pattern: str = "*.jpg") -> list[tuple[str, bytes]]:
     return [(f"generated-{i}.jpg", named_photo(f"generated-{i}.jpg")) for i in range(n)]
 
 
+def photo_image(index: int = 0):
+    """Photo ``index`` of :func:`photo_files`, decoded to RGB."""
+    import io
+
+    from PIL import Image
+
+    _, data = photo_files(index + 1)[index]
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def sticker(image):
+    """A red sale banner over the bottom fifth, with text: the overlay real copies carry."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, int(h * 0.8), w, h), fill=(220, 30, 40))
+    draw.text((w // 20, int(h * 0.84)), "www.example.com SALE", fill=(255, 255, 255), font_size=int(h * 0.1))
+    return out
+
+
 @pytest.fixture(scope="session")
 def spark():
     from jobs.session import build_spark_session

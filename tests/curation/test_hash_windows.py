@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -20,12 +19,7 @@ from curation.hash_windows import (
     unrotated_extent,
 )
 from curation.hashing import hamming, resize_gray_32, robust_keys_from_pixels
-from tests.conftest import photo_files
-
-
-def _photo(index: int = 0) -> Image.Image:
-    _, data = photo_files(index + 1)[index]
-    return Image.open(io.BytesIO(data)).convert("RGB")
+from tests.conftest import photo_image
 
 
 def _key(image: Image.Image) -> str:
@@ -54,14 +48,14 @@ def test_inscribed_scale_is_one_without_a_turn_and_shrinks_with_it():
 
 
 def test_four_windows_per_angle():
-    thumb, w, h = _thumb(_photo())
+    thumb, w, h = _thumb(photo_image())
     assert rotated_from_thumbnail(thumb, w, h).shape == (4 * len(ROTATION_ANGLES), 32, 32)
     assert len(rotated_window_keys(thumb, w, h)) == 4 * len(ROTATION_ANGLES)
 
 
 @pytest.mark.parametrize("angle", [8.0, -12.0, 20.0])
 def test_original_window_matches_its_rotated_and_cropped_copy(angle):
-    image = _photo()
+    image = photo_image()
     w, h = image.size
     s = inscribed_scale(w, h, angle)
     cw, ch = round(w * s), round(h * s)
@@ -77,14 +71,14 @@ def test_original_window_matches_its_rotated_and_cropped_copy(angle):
 def test_filled_copy_window_matches_the_original(angle):
     # (at 24 degrees and more the picture holds ~20 of the filled copy's 32 thumbnail pixels per axis:
     # the window key then drifts to 5-7 bits on some photos; the bench measures the whole range)
-    image = _photo(1)
+    image = photo_image(1)
     copy = image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
     windows = rotated_window_keys(*_thumb(copy))
     assert min(hamming(_key(image), k) for k in windows) <= 4
 
 
 def test_deep_aspect_window_matches_a_narrow_crop():
-    image = _photo(2)
+    image = photo_image(2)
     w, h = image.size
     cw = round(w * 0.47)
     x = round((w - cw) * 0.25)
@@ -97,7 +91,7 @@ def test_deep_aspect_window_matches_a_narrow_crop():
 
 
 def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
-    thumbs = np.stack([_thumb(_photo(i))[0] for i in range(3)])
+    thumbs = np.stack([_thumb(photo_image(i))[0] for i in range(3)])
     windows = deep_aspect_thumbnails(thumbs)
     expected = [tuple(robust_keys_from_pixels(w)) for w in windows]
     got = deep_aspect_keys(thumbs)
@@ -112,7 +106,7 @@ def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
 
     key_moves = []
     for i in range(6):
-        image = _photo(i)
+        image = photo_image(i)
         copy = image.copy()
         w, h = copy.size
         ImageDraw.Draw(copy).rectangle((0, int(h * 0.75), w, h), fill=(220, 30, 40))

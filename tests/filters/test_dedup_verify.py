@@ -7,13 +7,13 @@ import io
 
 import pyarrow as pa
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from curation.hashing import keys_many
 from curation.local_features import unpack_features
 from curation.stages.dedup import hash_images, keys_table
 from filters.dedup import DedupConfigError, DedupRules, decide, link_detail
-from tests.conftest import photo_files, shared
+from tests.conftest import photo_files, shared, sticker
 
 OFF = DedupRules(max_distance=4, key="robust")  # today's sample setting
 # the bench's operating point: candidates within 10 bits, verified; occlusion windows within 4
@@ -24,16 +24,6 @@ def jpeg(image: Image.Image, quality: int = 90) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=quality)
     return out.getvalue()
-
-
-def sticker(image: Image.Image) -> Image.Image:
-    """A red sale banner over the bottom fifth, with text: the overlay real copies carry."""
-    out = image.copy()
-    w, h = out.size
-    draw = ImageDraw.Draw(out)
-    draw.rectangle((0, int(h * 0.8), w, h), fill=(220, 30, 40))
-    draw.text((w // 20, int(h * 0.84)), "www.example.com SALE", fill=(255, 255, 255), font_size=int(h * 0.1))
-    return out
 
 
 def rotated(image: Image.Image) -> Image.Image:

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from curation.local_features import EMPTY, features_from_gray
 from filters.neardup_verify import VerifyRules, descriptor_distances, linked, mutual_matches, verify_pair
-from tests.conftest import photo_files
-
-
-def _photo(index: int) -> Image.Image:
-    _, data = photo_files(index + 1)[index]
-    return Image.open(io.BytesIO(data)).convert("RGB")
+from tests.conftest import photo_image, sticker
 
 
 def _features(image: Image.Image):
     return features_from_gray(np.asarray(image.convert("L")))
-
-
-def _sticker(image: Image.Image) -> Image.Image:
-    out = image.copy()
-    w, h = out.size
-    draw = ImageDraw.Draw(out)
-    draw.rectangle((0, int(h * 0.8), w, h), fill=(220, 30, 40))
-    draw.text((w // 20, int(h * 0.84)), "www.example.com SALE", fill=(255, 255, 255), font_size=int(h * 0.1))
-    return out
 
 
 def test_descriptor_distance_is_hamming():
@@ -44,7 +29,7 @@ def test_mutual_matches_keep_only_pairs_that_choose_each_other_within_the_limit(
 
 
 def test_rotated_and_cropped_copy_is_verified():
-    image = _photo(0)
+    image = photo_image(0)
     w, h = image.size
     copy = image.rotate(12, Image.Resampling.BICUBIC).crop((w // 10, h // 10, w - w // 10, h - h // 10))
     verdict = verify_pair(_features(image), _features(copy))
@@ -53,23 +38,23 @@ def test_rotated_and_cropped_copy_is_verified():
 
 
 def test_different_photos_are_not_verified():
-    verdict = verify_pair(_features(_photo(0)), _features(_photo(1)))
+    verdict = verify_pair(_features(photo_image(0)), _features(photo_image(1)))
     assert not verdict.verified(VerifyRules())
 
 
 def test_same_caption_band_on_two_different_photos_is_not_verified():
-    a, b = _sticker(_photo(2)), _sticker(_photo(3).resize(_photo(2).size))
+    a, b = sticker(photo_image(2)), sticker(photo_image(3).resize(photo_image(2).size))
     verdict = verify_pair(_features(a), _features(b))
     assert not verdict.verified(VerifyRules())
 
 
 def test_empty_features_never_verify():
-    assert verify_pair(EMPTY, _features(_photo(0))).inliers == 0
+    assert verify_pair(EMPTY, _features(photo_image(0))).inliers == 0
 
 
 def test_linking_rule():
     rules = VerifyRules(link_distance=2, candidate_distance=10)
-    yes = verify_pair(_features(_photo(0)), _features(_photo(0)))
+    yes = verify_pair(_features(photo_image(0)), _features(photo_image(0)))
     assert linked(2, None, rules)
     assert not linked(3, None, rules)
     assert linked(10, yes, rules)
@@ -85,7 +70,7 @@ def test_overlap_box_is_the_part_the_other_picture_maps_onto():
 
 
 def test_cells_counted_over_the_overlap_when_asked():
-    image = _photo(0)
+    image = photo_image(0)
     w, h = image.size
     crop = image.crop((0, 0, w // 2, h))
     whole = verify_pair(_features(image), _features(crop), VerifyRules(cells_in_overlap=False))
