@@ -14,6 +14,7 @@ serving at once and keeps the maximum (what a per-host limit must bound).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import multiprocessing
@@ -313,14 +314,13 @@ def draw_images(cache_dir: str, names: list[str], seed: int = 0, processes: int 
     if not todo:
         return 0
     processes = max(1, min(processes or os.cpu_count() or 1, len(todo)))
-    if processes == 1:
-        for done, args in enumerate(todo, 1):
-            _draw_one(args)
-            if progress and done % 1000 == 0:
-                progress(done, len(todo))
-        return len(todo)
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        for done, _ in enumerate(pool.imap_unordered(_draw_one, todo, chunksize=16), 1):
+    with contextlib.ExitStack() as scope:
+        if processes == 1:
+            drawn = map(_draw_one, todo)
+        else:
+            pool = scope.enter_context(multiprocessing.get_context("spawn").Pool(processes))
+            drawn = pool.imap_unordered(_draw_one, todo, chunksize=16)
+        for done, _ in enumerate(drawn, 1):
             if progress and done % 1000 == 0:
                 progress(done, len(todo))
     return len(todo)
