@@ -12,9 +12,14 @@ Keypoints are found on a small copy (``FEATURES_SIDE`` pixels on the longer side
 cost does not grow with the image, and spread over a 4x4 grid (the strongest few per cell) so that a
 caption or a sticker, whose corners are the strongest in the picture, cannot hold most of them.
 
+Each row also keeps a tiny grayscale copy (``THUMB_SIDE`` pixels on the longer side, from the same small
+copy): once the keypoints have proposed a transform, the verification compares the two pictures' pixels
+over the part they share (filters/neardup_verify.py), which holds where keypoints are too few to agree
+in enough places (strong zoom, a copy shrunk onto a filled canvas, an overlay over a quarter of it).
+
 Per row: ``FEATURES_MAX`` keypoints at most, each (x, y) in 1/8 pixels of the small copy as uint16 and
-32 descriptor bytes: 36 bytes a keypoint, ``FEATURES_MAX * 36`` + 4 bytes a row at most
-(``pack_features``: the small copy's width and height, then the records). ORB is not mirror-invariant:
+32 descriptor bytes: 36 bytes a keypoint, and the tiny copy (at most ``THUMB_SIDE ** 2`` bytes)
+(``pack_features``: a header, the records, the tiny copy's pixels). ORB is not mirror-invariant:
 mirrored copies are left to the 64-bit key (dihedral-invariant), which links them at small distance.
 """
 
@@ -28,6 +33,9 @@ FEATURES_SIDE = 256  # longer side of the grayscale copy the keypoints are found
 FEATURES_MAX = 96  # keypoints kept per image (strongest FAST response first)
 DESCRIPTOR_BYTES = 32
 RECORD_BYTES = 4 + DESCRIPTOR_BYTES  # x, y as uint16 + the descriptor
+THUMB_SIDE = 64  # longer side of the tiny grayscale copy kept for the pixel comparison
+PACK_MAGIC = b"LF2"  # pack_features' header: magic, small copy (w, h), keypoints n, tiny copy (w, h)
+_HEADER = np.dtype([("w", "<u2"), ("h", "<u2"), ("n", "<u2"), ("tw", "u1"), ("th", "u1")])
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class LocalFeatures:
     xy: np.ndarray
     descriptors: np.ndarray
     size: tuple[int, int] = (0, 0)  # (width, height) of the small copy the keypoints are in
+    thumb: np.ndarray | None = None  # (th, tw) uint8: the small copy at THUMB_SIDE on its longer side
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -64,7 +73,7 @@ def small_gray(gray: np.ndarray, side: int = FEATURES_SIDE) -> np.ndarray:
 
     h, w = gray.shape
     scale = side / max(h, w)
-    if scale >= 1.0:
+    if scale >= 1.0 or min(h, w) == 0:
         return np.ascontiguousarray(gray, np.uint8)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(np.ascontiguousarray(gray, np.uint8), size, interpolation=cv2.INTER_AREA)
@@ -102,7 +111,8 @@ def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()
     if descriptors is None or not keypoints:
         return EMPTY
     xy = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
-    return LocalFeatures(xy, np.ascontiguousarray(descriptors, np.uint8), (small.shape[1], small.shape[0]))
+    size = (small.shape[1], small.shape[0])
+    return LocalFeatures(xy, np.ascontiguousarray(descriptors, np.uint8), size, small_gray(small, THUMB_SIDE))
 
 
 def spread(keypoints, shape: tuple[int, int], grid: int, total: int) -> list:
@@ -127,17 +137,35 @@ def spread(keypoints, shape: tuple[int, int], grid: int, total: int) -> list:
 
 
 def pack_features(f: LocalFeatures) -> bytes:
-    """Row storage (a binary column): width, height as little-endian uint16, then per keypoint x, y in
-    1/8 pixels as little-endian uint16 and its 32 descriptor bytes."""
+    """Row storage (a binary column): ``PACK_MAGIC``, a header (small copy's width, height, keypoints n as
+    little-endian uint16, the tiny copy's width, height as uint8), per keypoint x, y in 1/8 pixels as
+    little-endian uint16 and its 32 descriptor bytes, then the tiny copy's pixels row by row."""
     xy = np.clip(np.rint(f.xy * 8), 0, 65535).astype("<u2")
     records = np.concatenate([xy.view(np.uint8).reshape(-1, 4), f.descriptors.reshape(-1, DESCRIPTOR_BYTES)], axis=1)
-    return np.array(f.size, "<u2").tobytes() + records.tobytes()
+    thumb = np.zeros((0, 0), np.uint8) if f.thumb is None else np.ascontiguousarray(f.thumb, np.uint8)
+    header = np.array([(f.size[0], f.size[1], len(f.xy), thumb.shape[1], thumb.shape[0])], _HEADER)
+    return PACK_MAGIC + header.tobytes() + records.tobytes() + thumb.tobytes()
 
 
 def unpack_features(blob: bytes | None) -> LocalFeatures:
+    """pack_features' inverse; a blob of the earlier layout (size, then records; no tiny copy) unpacks
+    without ``thumb``, and such a pair is verified by its keypoints alone."""
     if not blob or len(blob) < 4:
         return EMPTY
+    if blob[:3] == PACK_MAGIC and len(blob) >= 3 + _HEADER.itemsize:
+        head = np.frombuffer(blob[3 : 3 + _HEADER.itemsize], _HEADER)[0]
+        n, tw, th = int(head["n"]), int(head["tw"]), int(head["th"])
+        start = 3 + _HEADER.itemsize
+        if len(blob) == start + n * RECORD_BYTES + tw * th:
+            rec = np.frombuffer(blob[start : start + n * RECORD_BYTES], np.uint8).reshape(-1, RECORD_BYTES)
+            pixels = np.frombuffer(blob[start + n * RECORD_BYTES :], np.uint8).reshape(th, tw) if tw * th else None
+            return _records(rec, (int(head["w"]), int(head["h"])), pixels)
+    if (len(blob) - 4) % RECORD_BYTES:
+        raise ValueError(f"not packed local features ({len(blob)} bytes)")
     size = tuple(int(v) for v in np.frombuffer(blob[:4], "<u2"))
-    rec = np.frombuffer(blob[4:], np.uint8).reshape(-1, RECORD_BYTES)
+    return _records(np.frombuffer(blob[4:], np.uint8).reshape(-1, RECORD_BYTES), (size[0], size[1]), None)
+
+
+def _records(rec: np.ndarray, size: tuple[int, int], thumb: np.ndarray | None) -> LocalFeatures:
     xy = np.ascontiguousarray(rec[:, :4]).view("<u2").reshape(-1, 2).astype(np.float32) / 8
-    return LocalFeatures(xy, np.ascontiguousarray(rec[:, 4:]), (size[0], size[1]))
+    return LocalFeatures(xy, np.ascontiguousarray(rec[:, 4:]), size, thumb)

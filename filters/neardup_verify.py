@@ -12,6 +12,15 @@ strongest corners on text, so such a pair has many agreeing matches, all inside 
 listed pair verified whatever its keys: 298 of the 4,803 same-template pairs have >= 10 inliers; with
 the cells rule and the key gate below, 1 listed negative of 8,005 is linked).
 
+A pair whose keypoints agree in too few places still verifies by its *pixels* (``photometric``): when at
+least ``min_photometric_inliers`` matches agree on a sane transform, each picture's tiny grayscale copy
+(curation.local_features) is warped onto the other's with that transform, and over the part both show,
+cut into ``BLOCK`` x ``BLOCK`` pixel blocks, at least ``min_agreement`` of the textured blocks must
+correlate (zero-mean normalised cross-correlation >= ``BLOCK_CORRELATION``), in both directions, over at
+least ``min_overlap`` of each picture. Blocks flat in both pictures (bars, sky) say nothing and are left
+out; a block flat in one and textured in the other disagrees. Two different photos under one caption
+band or sticker agree on the band's blocks only, a zoomed crop or a rotated copy on nearly all.
+
 Linking rule (bench/neardup_quality.py, ``verified``): a pair of rows is linked when their keys (with
 windows) are within ``link_distance`` unverified, or within ``candidate_distance`` and verified (the
 bench also verifies pairs whose occlusion windows meet, curation.hash_windows). ``link_distance`` stays
@@ -21,7 +30,7 @@ Pure functions over numpy arrays; no Spark, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,6 +54,10 @@ class VerifyRules:
     max_descriptor_distance: int = 64  # of 256 bits
     ransac_px: float = 4.0
     max_scale_ratio: float = 8.0  # the transform's scale within 1/this .. this
+    photometric: bool = True  # verify by the pixels when the keypoints' cells rule fails (module doc)
+    min_photometric_inliers: int = 6
+    min_agreement: float = 0.7  # of the textured blocks over the shared part, both directions
+    min_overlap: float = 0.1  # the shared part's share of each picture (in whole blocks)
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,12 @@ class Verdict:
     angle: float  # degrees
     support: float = 0.0  # inliers over the keypoints that the transform puts inside the other picture (the fewer side)
     cells: int = 0  # cells of a CELL_GRID x CELL_GRID grid holding an inlier, the fewer of the two pictures
+    agreement: float | None = None  # photometric: the smaller share of agreeing blocks of the two directions; None: not compared
 
     def verified(self, rules: VerifyRules) -> bool:
-        return self.inliers >= rules.min_inliers and self.cells >= rules.min_cells
+        if self.inliers >= rules.min_inliers and self.cells >= rules.min_cells:
+            return True
+        return rules.photometric and self.agreement is not None and self.agreement >= rules.min_agreement
 
 
 NO_MATCH = Verdict(0, 0, 0.0, 0.0)
@@ -122,12 +138,69 @@ def _inside(xy: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> int:
     return int(((mapped[:, 0] >= 0) & (mapped[:, 0] < size[0]) & (mapped[:, 1] >= 0) & (mapped[:, 1] < size[1])).sum())
 
 
+BLOCK = 8  # pixels of the tiny copies per block side
+BLOCK_CORRELATION = 0.5
+FLAT_STD = 3.0  # a block whose pixel standard deviation is under this is flat
+
+
+def _scaled(matrix: np.ndarray, src: LocalFeatures, dst: LocalFeatures) -> np.ndarray:
+    """The 2x3 map between small copies (src -> dst) as a map between their tiny copies."""
+    (sh, sw), (dh, dw) = src.thumb.shape, dst.thumb.shape
+    into = np.diag([dw / dst.size[0], dh / dst.size[1], 1.0])
+    out_of = np.diag([src.size[0] / sw, src.size[1] / sh, 1.0])
+    return (into @ np.vstack([matrix, [0.0, 0.0, 1.0]]) @ out_of)[:2]
+
+
+def block_agreement(src: np.ndarray, dst: np.ndarray, to_dst: np.ndarray) -> tuple[float, float]:
+    """(share of agreeing blocks, share of dst covered) when ``src`` (uint8 grayscale) is warped onto
+    ``dst`` with the 2x3 map ``to_dst``: over the BLOCK x BLOCK blocks of dst that the warped src covers
+    whole, leaving out the blocks flat in both, the share whose pixels correlate >= BLOCK_CORRELATION
+    (a block flat in one picture only disagrees)."""
+    import cv2
+
+    h, w = dst.shape
+    warped = cv2.warpAffine(src.astype(np.float32), to_dst, (w, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones(src.shape, np.uint8), to_dst, (w, h), flags=cv2.INTER_NEAREST)
+    rows, cols = h // BLOCK, w // BLOCK
+    if rows == 0 or cols == 0:
+        return 0.0, 0.0
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        return a[: rows * BLOCK, : cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).swapaxes(1, 2).reshape(rows * cols, BLOCK * BLOCK)
+
+    covered = blocks(inside).min(axis=1) > 0
+    p, q = blocks(warped)[covered], blocks(dst.astype(np.float32))[covered]
+    p, q = p - p.mean(axis=1, keepdims=True), q - q.mean(axis=1, keepdims=True)
+    sp, sq = np.sqrt((p * p).mean(axis=1)), np.sqrt((q * q).mean(axis=1))
+    textured = (sp >= FLAT_STD) | (sq >= FLAT_STD)
+    both = (sp >= FLAT_STD) & (sq >= FLAT_STD)
+    corr = (p * q).mean(axis=1) / np.maximum(sp * sq, 1e-9)
+    agree = int((both & (corr >= BLOCK_CORRELATION)).sum())
+    return agree / max(1, int(textured.sum())), float(covered.sum()) / (rows * cols)
+
+
+def photometric_agreement(fa: LocalFeatures, fb: LocalFeatures, matrix: np.ndarray, min_overlap: float) -> float | None:
+    """The smaller block agreement of the two directions (a onto b, b onto a) under the 2x3 map a -> b
+    (small copies' pixels); 0.0 when the shared part covers under ``min_overlap`` of either picture,
+    None when either has no tiny copy."""
+    import cv2
+
+    if fa.thumb is None or fb.thumb is None or 0 in fa.thumb.shape or 0 in fb.thumb.shape:
+        return None
+    forward = block_agreement(fa.thumb, fb.thumb, _scaled(matrix, fa, fb))
+    backward = block_agreement(fb.thumb, fa.thumb, _scaled(cv2.invertAffineTransform(matrix), fb, fa))
+    if min(forward[1], backward[1]) < min_overlap:
+        return 0.0
+    return min(forward[0], backward[0])
+
+
 def verify_pair(fa: LocalFeatures, fb: LocalFeatures, rules: VerifyRules = VerifyRules()) -> Verdict:
     """How well two images' keypoints agree on one similarity transform (see the module doc)."""
     import cv2
 
     ia, ib = _matches(fa.descriptors, fb.descriptors, rules.max_descriptor_distance)
-    if len(ia) < max(3, rules.min_inliers):
+    fewest = min(rules.min_inliers, rules.min_photometric_inliers) if rules.photometric else rules.min_inliers
+    if len(ia) < max(3, fewest):
         return Verdict(len(ia), 0, 0.0, 0.0)
     src, dst = fa.xy[ia].reshape(-1, 1, 2), fb.xy[ib].reshape(-1, 1, 2)
     matrix, inliers = cv2.estimateAffinePartial2D(
@@ -148,7 +221,10 @@ def verify_pair(fa: LocalFeatures, fb: LocalFeatures, rules: VerifyRules = Verif
         box_a, box_b = (0.0, 0.0, *map(float, fa.size)), (0.0, 0.0, *map(float, fb.size))
     per_side = (_cells(fa.xy[ia][agree], box_a), _cells(fb.xy[ib][agree], box_b))
     cells = max(per_side) if rules.cells_on_either else min(per_side)
-    return Verdict(len(ia), int(agree.sum()), scale, angle, float(agree.sum()) / max(1, n_in), cells)
+    verdict = Verdict(len(ia), int(agree.sum()), scale, angle, float(agree.sum()) / max(1, n_in), cells)
+    if rules.photometric and not verdict.verified(rules) and verdict.inliers >= rules.min_photometric_inliers:
+        return replace(verdict, agreement=photometric_agreement(fa, fb, matrix, rules.min_overlap))
+    return verdict
 
 
 def linked(distance: int, verdict: Verdict | None, rules: VerifyRules = VerifyRules()) -> bool:

@@ -9,7 +9,7 @@ from functools import partial
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from filters.dedup import BANDS, PAIRS, DedupRules, candidate_pairs, explode_bands, plan_bands
+from filters.dedup import BANDS, PAIRS, VERDICT_COLUMNS, DedupRules, candidate_pairs, explode_bands, plan_bands
 from jobs.partitions import whole_partition
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def closest_links(links: DataFrame) -> DataFrame:
     """filters.dedup.closest_links in Spark: (node, other, distance, window[, occluded, inliers, cells]) per
     key of a link (LINKS or VERIFIED_LINKS), the same order: distance, window, occluded, other."""
     order = ["distance", "window", *(["occluded"] if "occluded" in links.columns else [])]
-    verdict = [c for c in ("inliers", "cells") if c in links.columns]
+    verdict = [c for c in VERDICT_COLUMNS if c in links.columns]
     both = links.select(F.col("a").alias("node"), F.col("b").alias("other"), *order, *verdict).unionByName(
         links.select(F.col("b").alias("node"), F.col("a").alias("other"), *order, *verdict)
     )

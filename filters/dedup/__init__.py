@@ -86,6 +86,7 @@ from filters.dedup.tables import (  # noqa: F401
     CANDIDATE_LINKS_SCHEMA,
     VERIFIED_LINKS,
     VERIFIED_LINKS_SCHEMA,
+    VERDICT_COLUMNS,
     BLOCKLIST,
     MATCHES,
 )
@@ -166,6 +167,7 @@ __all__ = [
     "CANDIDATE_LINKS_SCHEMA",
     "VERIFIED_LINKS",
     "VERIFIED_LINKS_SCHEMA",
+    "VERDICT_COLUMNS",
     "BLOCKLIST",
     "MATCHES",
     "text_key",

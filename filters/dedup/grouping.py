@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from filters.dedup.hashes import int64_to_phash
 from filters.dedup.rules import DedupRules
-from filters.dedup.tables import DECISIONS, DECISIONS_SCHEMA, KEY_COLUMNS, KEYS_DECIDED, MATCHES, NODE_LINKS_SCHEMA, PREFERENCE
+from filters.dedup.tables import DECISIONS, DECISIONS_SCHEMA, KEY_COLUMNS, KEYS_DECIDED, MATCHES, NODE_LINKS_SCHEMA, PREFERENCE, VERDICT_COLUMNS
 from schemas import DETAIL, REASON, UID, Reason
 
 def components(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
@@ -28,14 +28,14 @@ def components(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
     np.minimum.at(smallest, labels, nodes)
     return dict(zip(nodes.tolist(), smallest[labels].tolist()))
 
-LINK_DETAIL = ("other", "distance", "window", "occluded", "inliers", "cells")  # NODE_LINKS columns a decision reads
+LINK_DETAIL = ("other", "distance", "window", "occluded", *VERDICT_COLUMNS)  # NODE_LINKS columns a decision reads
 
 
 def closest_links(links: pa.Table) -> pa.Table:
     """NODE_LINKS: for each key of a link (LINKS, or VERIFIED_LINKS with occlusion and the verdict), its
     closest link (smallest distance, then key-key before key-window, then key / window before occlusion,
     then the smallest other key): what the near_duplicate detail reports."""
-    extra = [c for c in ("occluded", "inliers", "cells") if c in links.column_names]
+    extra = [c for c in ("occluded", *VERDICT_COLUMNS) if c in links.column_names]
     names = ["node", "other", "distance", "window", *extra]
     both = pa.concat_tables(
         [
@@ -48,7 +48,7 @@ def closest_links(links: pa.Table) -> pa.Table:
     node = best.column("node").to_numpy()
     first = np.concatenate([[True], node[1:] != node[:-1]]) if len(node) else np.zeros(0, bool)
     best = best.filter(pa.array(first))
-    for c in ("occluded", "inliers", "cells"):
+    for c in ("occluded", *VERDICT_COLUMNS):
         if c not in best.column_names:
             best = best.append_column(c, pa.nulls(best.num_rows, NODE_LINKS_SCHEMA.field(c).type))
     return best.select(NODE_LINKS_SCHEMA.names).cast(NODE_LINKS_SCHEMA)
@@ -61,14 +61,16 @@ def with_links(keys: pa.Table, node_links: pa.Table) -> pa.Table:
     return keys
 
 def link_detail(kept_uid: str, key: str, distance: int, window: bool, other: int, occlusion: bool | None = None,
-                inliers: int | None = None, cells: int | None = None) -> str:
+                inliers: int | None = None, cells: int | None = None, agreement: float | None = None) -> str:
     """near_duplicate detail: the kept uid, then which key and distance linked the row, and to which
     key (e.g. ``u42 robust-window distance=3 to 0f3c...``: the row's robust key is 3 bits from a crop
     window key of the row whose key is 0f3c..., or the other way round). A verified link (``verify``)
     adds its verdict (``u42 robust-window distance=7 verified inliers=23 cells=9 to 0f3c...``); one found
-    through occlusion windows says ``robust-occlusion`` and gives the distance of the two row keys."""
+    through occlusion windows says ``robust-occlusion`` and gives the distance of the two row keys; one
+    verified by its pixels adds their agreement (``verified inliers=7 cells=3 agreement=0.86``)."""
     via = "-occlusion" if occlusion else ("-window" if window else "")
     verdict = f" verified inliers={inliers} cells={cells}" if inliers is not None else ""
+    verdict += f" agreement={agreement:.2f}" if agreement is not None else ""
     return f"{kept_uid} {key}{via} distance={distance}{verdict} to {int64_to_phash(np.array([other]))[0]}"
 
 def collapse_components(grouped: pa.Table, key: str) -> pa.Table:
@@ -80,7 +82,7 @@ def collapse_components(grouped: pa.Table, key: str) -> pa.Table:
     if dropped.num_rows == 0:
         return dropped
     n = grouped.num_rows
-    cols = [grouped.column(c).to_pylist() if c in grouped.column_names else [None] * n for c in ("distance", "window", "other", "occluded", "inliers", "cells")]
+    cols = [grouped.column(c).to_pylist() if c in grouped.column_names else [None] * n for c in ("distance", "window", "other", "occluded", *VERDICT_COLUMNS)]
     links = dict(zip(grouped.column("phash").to_pylist(), zip(*cols)))
     details = []
     for kept, h in zip(dropped.column(DETAIL).to_pylist(), dropped.column("phash").to_pylist()):

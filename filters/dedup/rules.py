@@ -38,6 +38,8 @@ class DedupRules:
     verify_link_distance: int = 2  # key distance linked without verification (ORB is not mirror-invariant)
     verify_min_inliers: int = 10  # keypoint matches that agree on one similarity transform
     verify_min_cells: int = 7  # of the 4x4 cells of each picture, those holding an agreeing keypoint
+    verify_photometric: bool = True  # with verify: a pair failing the cells rule verifies by its pixels (tiny copies)
+    verify_min_agreement: float = 0.7  # of the textured pixel blocks over the shared part, both directions
 
     def __post_init__(self) -> None:
         if self.key not in DEDUP_KEYS:
@@ -76,6 +78,8 @@ class DedupRules:
             raise DedupConfigError(f"[dedup.rules] verify_min_inliers must be >= 3 (a similarity transform), got {self.verify_min_inliers}")
         if not 1 <= self.verify_min_cells <= 16:
             raise DedupConfigError(f"[dedup.rules] verify_min_cells must be 1..16 (cells of a 4x4 grid), got {self.verify_min_cells}")
+        if not 0.0 < self.verify_min_agreement <= 1.0:
+            raise DedupConfigError(f"[dedup.rules] verify_min_agreement must be in (0, 1], got {self.verify_min_agreement}")
 
 def uses_windows(rules: DedupRules) -> bool:
     return rules.key == "robust" and rules.crop_windows and rules.max_distance > 0

@@ -60,7 +60,9 @@ _OCCLUSION = Column("occluded", "bool", False, "an occlusion-window candidate (n
 _VERDICT = (
     Column("inliers", "int32", True, "keypoint matches agreeing on one transform; null when linked unverified"),
     Column("cells", "int32", True, "4x4 cells of the pictures holding an agreeing keypoint (the fewer side); null when unverified"),
+    Column("agreement", "float32", True, "share of agreeing pixel blocks when verified by the pixels; null otherwise"),
 )
+VERDICT_COLUMNS = tuple(c.name for c in _VERDICT)  # inliers, cells, agreement
 CANDIDATE_LINKS = LINKS.extend(
     "dedup_candidate_links", _OCCLUSION, Column("features_a", "binary", True), Column("features_b", "binary", True)
 )

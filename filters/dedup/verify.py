@@ -28,6 +28,8 @@ def verify_rules(rules: DedupRules) -> VerifyRules:
         candidate_distance=rules.max_distance,
         min_inliers=rules.verify_min_inliers,
         min_cells=rules.verify_min_cells,
+        photometric=rules.verify_photometric,
+        min_agreement=rules.verify_min_agreement,
     )
 
 
@@ -43,7 +45,7 @@ def verify_links(candidates: pa.Table, rules: DedupRules) -> pa.Table:
     features (a row hashed with verify off) never verifies."""
     vr = verify_rules(rules)
     cols = [candidates.column(c).to_pylist() for c in ("distance", "occluded", "features_a", "features_b")]
-    keep, inliers, cells = [], [], []
+    keep, inliers, cells, agreement = [], [], [], []
     for d, occ, fa, fb in zip(*cols):
         v = None
         if needs_verdict(d, occ, rules) and fa and fb:
@@ -51,8 +53,10 @@ def verify_links(candidates: pa.Table, rules: DedupRules) -> pa.Table:
         keep.append(not needs_verdict(d, occ, rules) or (v is not None and v.verified(vr)))
         inliers.append(v.inliers if v else None)
         cells.append(v.cells if v else None)
+        agreement.append(v.agreement if v and v.verified(vr) and v.agreement is not None else None)
     out = candidates.select(["a", "b", "distance", "window", "occluded"])
     out = out.append_column("inliers", pa.array(inliers, pa.int32())).append_column("cells", pa.array(cells, pa.int32()))
+    out = out.append_column("agreement", pa.array(agreement, pa.float32()))
     return out.filter(pa.array(keep, pa.bool_())).cast(VERIFIED_LINKS_SCHEMA)
 
 

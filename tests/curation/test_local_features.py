@@ -11,6 +11,8 @@ from curation.local_features import (
     EMPTY,
     FEATURES_MAX,
     FEATURES_SIDE,
+    THUMB_SIDE,
+    LocalFeatures,
     features_from_gray,
     pack_features,
     small_gray,
@@ -48,9 +50,37 @@ def test_a_tiny_or_flat_picture_has_no_features():
 def test_packed_features_round_trip_at_one_eighth_pixel():
     f = features_from_gray(_gray(1))
     blob = pack_features(f)
-    assert len(blob) == 4 + 36 * len(f)
+    th, tw = f.thumb.shape
+    assert len(blob) == 3 + 8 + 36 * len(f) + tw * th
     back = unpack_features(blob)
     assert back.size == f.size
     np.testing.assert_array_equal(back.descriptors, f.descriptors)
+    np.testing.assert_array_equal(back.thumb, f.thumb)
     assert np.abs(back.xy - f.xy).max() <= 1 / 16 + 1e-6
     assert len(unpack_features(None)) == 0 and len(unpack_features(pack_features(EMPTY))) == 0
+    assert unpack_features(pack_features(EMPTY)).thumb is None
+
+
+def test_the_tiny_copy_is_the_small_copy_at_thumb_side():
+    f = features_from_gray(_gray(2))
+    assert max(f.thumb.shape) == THUMB_SIDE and f.thumb.dtype == np.uint8
+    w, h = f.size
+    assert abs(f.thumb.shape[0] / f.thumb.shape[1] - h / w) < 0.05
+
+
+def test_blobs_of_the_earlier_layout_unpack_without_a_tiny_copy():
+    f = features_from_gray(_gray(1))
+    xy = np.clip(np.rint(f.xy * 8), 0, 65535).astype("<u2")
+    records = np.concatenate([xy.view(np.uint8).reshape(-1, 4), f.descriptors], axis=1)
+    old = np.array(f.size, "<u2").tobytes() + records.tobytes()  # size, then records: what rows hashed before hold
+    back = unpack_features(old)
+    assert back.thumb is None and back.size == f.size
+    np.testing.assert_array_equal(back.descriptors, f.descriptors)
+    assert unpack_features(pack_features(LocalFeatures(f.xy, f.descriptors, f.size))).thumb is None
+
+
+def test_a_blob_that_is_neither_layout_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="not packed local features"):
+        unpack_features(b"\x01\x02\x03\x04\x05")

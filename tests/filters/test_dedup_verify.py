@@ -3,6 +3,8 @@ and the ORB verification of candidate pairs (filters.dedup.verify), on real phot
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import io
 
 import pyarrow as pa
@@ -66,7 +68,12 @@ def test_edited_copies_are_linked_verified_and_missed_without_verification():
     assert set(off) <= set(on)
     assert all(photo(on[u].split()[0]) == photo(u) for u in on)  # each to its own photo
     assert " verified inliers=" in on["p2-sticker"] and on["p2-sticker"].startswith("p2 robust")
-    assert on["p1-sticker"].startswith("p1 robust-occlusion distance=")  # keys far apart: found by an occlusion window
+    # p1's sticker: its window link (distance 6) has too few keypoints in agreement for the cells rule, but the pixels
+    # agree once the keypoints' transform lines the two pictures up
+    assert on["p1-sticker"].startswith("p1 robust-window distance=6 verified") and " agreement=" in on["p1-sticker"]
+    keypoints_only = decided(rows, replace(ON, verify_photometric=False))
+    assert set(keypoints_only) <= set(on) and " agreement=" not in " ".join(keypoints_only.values())
+    assert keypoints_only["p1-sticker"].startswith("p1 robust-occlusion distance=")  # then only an occlusion window finds it
 
 
 def test_different_photos_under_the_same_banner_or_turn_are_not_linked():
@@ -88,6 +95,9 @@ def test_keys_many_adds_the_window_keys_and_features_only_when_asked():
 def test_a_verified_link_s_detail_names_the_verdict():
     assert link_detail("u1", "robust", 7, True, 5, False, 23, 9) == "u1 robust-window distance=7 verified inliers=23 cells=9 to 0000000000000005"
     assert link_detail("u1", "robust", 2, False, 5, False, None, None) == "u1 robust distance=2 to 0000000000000005"
+    assert link_detail("u1", "robust", 7, True, 5, False, 8, 3, 0.8612) == (
+        "u1 robust-window distance=7 verified inliers=8 cells=3 agreement=0.86 to 0000000000000005"
+    )
 
 
 @pytest.mark.parametrize(
@@ -98,6 +108,7 @@ def test_a_verified_link_s_detail_names_the_verdict():
         ({"verify": True, "key": "robust", "max_distance": 1}, "verify_link_distance must be 0..max_distance"),
         ({"verify": True, "key": "robust", "max_distance": 4, "exact": False}, "exact = true"),
         ({"occlusion_windows": True, "key": "robust", "max_distance": 4}, "needs verify = true"),
+        ({"verify": True, "key": "robust", "max_distance": 4, "verify_min_agreement": 0.0}, "verify_min_agreement"),
         ({"rotation_windows": True}, "rotation_windows needs"),
         ({"deep_windows": True, "key": "robust", "crop_windows": False}, "deep_windows needs"),
         ({"verify": True, "key": "robust", "max_distance": 4, "verify_min_cells": 17}, "verify_min_cells"),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from curation.local_features import EMPTY, features_from_gray
-from filters.neardup_verify import VerifyRules, descriptor_distances, linked, mutual_matches, verify_pair
+from filters.neardup_verify import VerifyRules, block_agreement, descriptor_distances, linked, mutual_matches, verify_pair
 from tests.conftest import photo_image, sticker
 
 
@@ -79,3 +81,53 @@ def test_cells_counted_over_the_overlap_when_asked():
     assert shared.cells >= whole.cells  # the half the crop shows is split into 16 cells, not 8
     either = verify_pair(_features(image), _features(crop), VerifyRules(cells_on_either=True))
     assert either.cells >= whole.cells  # the crop's own picture holds inliers in more cells than the original
+
+
+KEYPOINTS_ONLY = replace(VerifyRules(), photometric=False)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3])
+def test_a_zoomed_crop_to_another_aspect_is_verified_by_its_pixels(index):
+    """45 % of the width, whole height, enlarged 2x: the keypoints that agree fill too few cells of the
+    original for the cells rule, the pixels over the part both show agree."""
+    image = photo_image(index)
+    w, h = image.size
+    part = w * 45 // 100
+    copy = image.crop((w // 3, 0, w // 3 + part, h)).resize((2 * part, 2 * h), Image.Resampling.BICUBIC)
+    fi, fc = _features(image), _features(copy)
+    verdict = verify_pair(fi, fc)
+    assert verdict.verified(VerifyRules()) and verdict.agreement >= VerifyRules().min_agreement
+    assert verdict.cells < VerifyRules().min_cells and not verdict.verified(KEYPOINTS_ONLY)
+    # the transform between the small copies: the copy's small copy shows its 2h rows in fc.size[1], the original's h in fi.size[1]
+    expected = (fc.size[1] / (2 * h)) * 2 / (fi.size[1] / h)
+    assert abs(verdict.scale / expected - 1) < 0.05
+
+
+def test_a_copy_rotated_onto_a_filled_canvas_is_verified_by_its_pixels():
+    image = photo_image(2)
+    copy = image.rotate(22, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+    verdict = verify_pair(_features(image), _features(copy))
+    assert verdict.verified(VerifyRules()) and not verdict.verified(KEYPOINTS_ONLY)
+    assert abs(abs(verdict.angle) - 22) < 2
+
+
+def test_different_photos_under_one_banner_stay_apart_by_their_pixels_too():
+    a, b = sticker(photo_image(2)), sticker(photo_image(3).resize(photo_image(2).size))
+    verdict = verify_pair(_features(a), _features(b), replace(VerifyRules(), min_photometric_inliers=3))
+    assert verdict.agreement is None or verdict.agreement < 0.5
+    assert not verdict.verified(VerifyRules())
+
+
+def test_block_agreement_counts_textured_blocks_that_correlate():
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (32, 48)).astype(np.uint8)
+    same = np.float64([[1, 0, 0], [0, 1, 0]])
+    assert block_agreement(texture, texture, same) == (1.0, 1.0)
+    other = rng.integers(0, 256, (32, 48)).astype(np.uint8)
+    agreement, covered = block_agreement(texture, other, same)
+    assert agreement < 0.2 and covered == 1.0
+    flat = np.full((32, 48), 90, np.uint8)
+    assert block_agreement(flat, flat, same)[0] == 0.0  # flat in both: says nothing, so nothing agrees
+    half = np.float64([[1, 0, 24], [0, 1, 0]])  # shifted right by half the width: the left half is uncovered
+    agreement, covered = block_agreement(texture, np.roll(texture, 24, axis=1), half)
+    assert covered == 0.5 and agreement == 1.0
