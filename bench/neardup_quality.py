@@ -42,8 +42,10 @@ and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19
 deep aspect windows), ``occlusion`` (12 occlusion windows matched window against window, at k),
 ``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
 candidate_distance linked only when their ORB keypoints agree on one similarity transform:
-filters/neardup_verify.py) and ``verified`` (the same, with pairs whose occlusion windows are within
-OCCLUSION_DISTANCE also verified). Reported: recall and precision on
+filters/neardup_verify.py: keypoints in enough cells of each picture, or, failing that, the pixels of the
+tiny copies agreeing once the keypoints' transform lines them up), ``verified`` (the same, with pairs
+whose occlusion windows are within OCCLUSION_DISTANCE also verified) and ``verified-keypoints`` (as
+``verified``, by the keypoints' cells rule alone: the pixel check off). Reported: recall and precision on
 the bench pairs, recall per edit class side by side, false links on the exhaustive pairs, and the
 hashing cost per image of keys_many over phash_many (best of 3 CPU-time runs; BLAS held to one thread).
 
@@ -71,9 +73,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hash_windows import DEEP_LENGTHS, DEEP_PLACES, ROTATION_ANGLES, deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.hash_windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys
 from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
-from curation.local_features import FEATURES_MAX, LocalFeatures, features_from_gray, pack_features
+from curation.local_features import FEATURES_MAX, THUMB_SIDE, LocalFeatures, features_from_gray, pack_features
 from filters.dedup import plan_bands
 from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
 
@@ -543,7 +545,7 @@ def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> t
     """Rotated, deep aspect and occlusion window keys of each image (curation.hash_windows)."""
     rotated = [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
     stacked = np.stack(thumbs)
-    return rotated, deep_aspect_keys(stacked), occlusion_keys(stacked)
+    return rotated, deep_aspect_keys(stacked, sizes), occlusion_keys(stacked)
 
 
 @dataclass
@@ -562,8 +564,11 @@ class WindowWindowMethod:
 
 
 def _as_u64(keys: list[tuple[str, ...]], base: KeyMethod) -> np.ndarray:
-    out = np.array([[int(x, 16) for x in r] for r in keys], np.uint64)
-    out[~base.ok] = base.keys[~base.ok, None]  # blank rows: no windows (their own key, which never links)
+    """(N, the most keys of a row) uint64, each row padded with its own key (a row's own key is no link)."""
+    out = np.repeat(base.keys[:, None], max([len(r) for r in keys] + [1]), axis=1)
+    for i, r in enumerate(keys):
+        if base.ok[i] and r:
+            out[i, : len(r)] = [int(x, 16) for x in r]
     return out
 
 
@@ -678,17 +683,24 @@ def main(argv: list[str] | None = None) -> int:
         methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
         methods["rot+deep"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra, deeper], axis=1))
         methods["occlusion"] = WindowWindowMethod(_as_u64(occluded, base), base.ok)
+        keys_a_row = base.windows.shape[1] + extra.shape[1] + np.mean([len(d) for d in deep])  # windows a row on average
         features = [features_from_gray(g) for g in grays]
         methods["rot+deep+verify"] = VerifiedMethod(methods["rot+deep"], features, rules, Verdicts({}))
         verified = VerifiedMethod(methods["rot+deep"], features, rules, methods["rot+deep+verify"].verdicts, methods["occlusion"], OCCLUSION_DISTANCE)
         methods["verified"] = verified
+        methods["verified-keypoints"] = VerifiedMethod(
+            methods["rot+deep"], features, replace(rules, photometric=False), Verdicts({}), methods["occlusion"], OCCLUSION_DISTANCE
+        )
         for name in ("rot", "rot+deep", "occlusion"):
             thresholds[name] = k
-        thresholds["rot+deep+verify"], thresholds["verified"] = 0, 0
+        thresholds["rot+deep+verify"], thresholds["verified"], thresholds["verified-keypoints"] = 0, 0, 0
         print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); deep "
-              f"aspect windows: {deeper.shape[1]} ({len(DEEP_LENGTHS)} lengths x {len(DEEP_PLACES)} places x 2 axes); "
+              f"aspect windows: {np.mean([len(d) for d in deep]):.1f} a row on average, at most {deeper.shape[1]} (the lengths of crops "
+              f"to {len(TARGET_ASPECTS)} common aspect ratios that keep {DEEP_MIN_LENGTH}..{DEEP_MAX_LENGTH} of an axis, places <= {DEEP_STEP} "
+              f"of the window apart); "
               f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
-              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture), plus pairs with "
+              f"(>= {rules.min_inliers} inliers in >= {rules.min_cells} of 16 cells of each picture, or >= "
+              f"{rules.min_photometric_inliers} inliers and >= {rules.min_agreement} of the pixel blocks agreeing), plus pairs with "
               f"occlusion windows within {OCCLUSION_DISTANCE} of each other when ORB verifies")
     if not args.no_pdq:
         pdq = pdq_hashes(bench.data)
@@ -722,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                                    verified.occlusion, OCCLUSION_DISTANCE)
             recall, precision, fp = _recall_precision(other.pair_distance(pa_, pb), other.pair_distance(na, nb), 0)
             plan = plan_bands(cd, 1_000_000)
-            rows = (1 + verified.keys.windows.shape[1]) * len(plan.tables)
+            rows = round((1 + keys_a_row) * len(plan.tables))
             print(f"  candidates within {cd:2d}: recall {recall:.4f} precision {precision:.4f} ({fp} false); banded join at 1M "
                   f"rows: {len(plan.blocks)} blocks, {len(plan.tables)} tables of >= {plan.key_bits}-bit keys, {rows:,} band rows per image")
     classes = list(dict.fromkeys(plabel.tolist()))
@@ -772,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"issue 19 (one core, CPU time): rotated + deep + occlusion window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
               f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage keys + new windows + ORB = {t_new / t_plain:.2f}x pHash "
               f"(target <= {TARGET_COST}); verification {1e3 * verified.verdicts.seconds / max(1, len(verified.verdicts.by_pair)):.3f} ms "
-              f"per pair ({len(verified.verdicts.by_pair):,} pairs); storage per row: {stored:.0f} bytes of features (at most "
-              f"{4 + 36 * FEATURES_MAX}) + {8 * (extra.shape[1] + deeper.shape[1] + len(occluded[0]))} bytes of rotated + deep + occlusion window keys")
+              f"per pair ({len(verified.verdicts.by_pair):,} pairs); storage per row: {stored:.0f} bytes of features: keypoints + tiny copy (at most "
+              f"{3 + 8 + 36 * FEATURES_MAX + THUMB_SIDE ** 2}) + {8 * (extra.shape[1] + np.mean([len(d) for d in deep]) + len(occluded[0])):.0f} bytes of rotated + deep + occlusion window keys (average)")
         recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
         hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
         met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST

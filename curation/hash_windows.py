@@ -21,6 +21,7 @@ rotations/flips). Linked like the crop windows: a row's key against the other ro
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -98,44 +99,93 @@ def rotated_window_keys(thumb: np.ndarray, width: int, height: int, angles: tupl
     return tuple(robust_keys_from_pixels(rotated_from_thumbnail(thumb, width, height, angles)))
 
 
-# Deep aspect windows: a copy cropped to another aspect ratio (1:1, 16:9, 9:16, 2:1 ... of a 4:3 photo)
-# keeps as little as 40 % of one axis, anywhere along it; curation.hashing's aspect windows stop at 60 %
-# and sit at the start, centre or end only. These keep one axis whole and DEEP_LENGTHS of the other at
-# DEEP_PLACES (fractions of the free range), resampled from the 32x32 thumbnail like the rotated ones.
-DEEP_LENGTHS = (0.75, 0.65, 0.55, 0.47, 0.4)
-DEEP_PLACES = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Deep aspect windows: a copy cropped to another aspect ratio keeps one axis whole and a part of the other
+# that the two ratios fix (a 4:3 photo cropped to 1:1 keeps 75 % of its width, to 9:16 42 %), anywhere
+# along it; curation.hashing's aspect windows stop at 60 % and sit at the start, centre or end only. So
+# each picture gets, for each common aspect ratio of TARGET_ASPECTS whose largest crop keeps less than
+# DEEP_MAX_LENGTH of an axis (and at least DEEP_MIN_LENGTH), windows of exactly that length, evenly spaced over the free range at most
+# DEEP_STEP of the window's own length apart (the offset of a crop is anyone's choice, and a window key
+# holds for a few per cent of shift only: short windows need more places), resampled from the 32x32
+# thumbnail like the rotated ones. A 4:3 picture gets 8 lengths, 96 keys; a 1:1 one 8 lengths, 78 keys; a 2:1
+# one 6 lengths (down to DEEP_MIN_LENGTH), 79 keys.
+# Crops to other ratios fall between lengths: the nearer ones still match.
+TARGET_ASPECTS = (1.0, 5 / 4, 4 / 5, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 2.0, 1 / 2)  # width / height
+DEEP_MAX_LENGTH = 0.8
+DEEP_MIN_LENGTH = 0.3  # narrower crops (a 9:16 story of a 2:1 panorama keeps 28 %) would cost 30+ keys a length
+DEEP_STEP = 0.08
 
 
-def _band_matrices(lengths: tuple[float, ...], places: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(W, 32, 32) row and column sampling matrices of windows that keep one axis whole and take each of
-    ``lengths`` of the other at each of ``places`` (0 = its start, 1 = its end): window = R @ P @ C.T."""
+def deep_places(length: float) -> tuple[float, ...]:
+    """Places (0 = the start of the free range, 1 = its end) of the windows of one length."""
+    n = math.ceil((1 - length) / (DEEP_STEP * length) - 1e-9) + 1
+    return tuple(i / (n - 1) for i in range(n)) if n > 1 else (0.5,)
+
+
+def deep_lengths(width: float, height: float) -> tuple[tuple[int, float], ...]:
+    """(axis, length) of a width x height picture's deep windows, in TARGET_ASPECTS' order: axis 0 keeps
+    the whole width and ``length`` of the height (a wider crop), axis 1 the whole height and ``length`` of
+    the width (a narrower crop); lengths rounded to 1/100, repeats dropped."""
+    if width <= 0 or height <= 0:
+        return ()
+    aspect = width / height
+    out: dict[tuple[int, float], None] = {}
+    for target in TARGET_ASPECTS:
+        axis, length = (1, target / aspect) if target < aspect else (0, aspect / target)
+        if DEEP_MIN_LENGTH <= length < DEEP_MAX_LENGTH:
+            out[(axis, round(length, 2))] = None
+    return tuple(out)
+
+
+@lru_cache(maxsize=512)
+def _deep_matrices(lengths: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_band_matrices((band,), deep_places(band[1])) for band in lengths]
+    return np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+@lru_cache(maxsize=512)
+def _deep_low(lengths: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = _deep_matrices(lengths)
+    return DCT_LOW @ rows, DCT_LOW @ cols  # (W, 8, 32) each: the window's low DCT block directly
+
+
+def deep_aspect_thumbnails(thumb: np.ndarray, width: float, height: float) -> np.ndarray:
+    """(W, 32, 32) float: the deep aspect windows (module doc) of a width x height picture from its 32x32
+    thumbnail, ``deep_lengths`` order, ``deep_places`` within each; (0, 32, 32) when it has none."""
+    lengths = deep_lengths(width, height)
+    if not lengths:
+        return np.zeros((0, IMG_SIZE, IMG_SIZE))
+    rows, cols = _deep_matrices(lengths)
+    return rows @ np.asarray(thumb, np.float64)[None] @ np.swapaxes(cols, 1, 2)
+
+
+def deep_aspect_keys(thumbs: np.ndarray, sizes: list[tuple[float, float]]) -> list[tuple[str, ...]]:
+    """Robust keys (16 hex) of each (32, 32) thumbnail's deep aspect windows, its picture being
+    ``sizes[i]`` = (width, height): equal to the robust keys of deep_aspect_thumbnails (the sampling folded
+    into the DCT, as curation.hashing's windows); pictures with the same lengths are keyed in one batch."""
+    groups: dict[tuple[tuple[int, float], ...], list[int]] = {}
+    for i, (w, h) in enumerate(sizes):
+        groups.setdefault(deep_lengths(w, h), []).append(i)
+    out: list[tuple[str, ...]] = [()] * len(sizes)
+    p = np.asarray(thumbs)
+    for lengths, members in groups.items():
+        if lengths:
+            for i, keys in zip(members, _window_keys(p[members], _deep_low(lengths))):
+                out[i] = keys
+    return out
+
+
+def _band_matrices(bands: tuple[tuple[int, float], ...], places: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(W, 32, 32) row and column sampling matrices of windows that keep one axis whole and take ``length``
+    of the other (axis 0: a band of rows, all columns; 1: a band of columns) for each (axis, length) of
+    ``bands``, at each of ``places`` (0 = its start, 1 = its end): window = R @ P @ C.T."""
     whole = window_axis(0.0, float(IMG_SIZE))
     rows, cols = [], []
-    for axis in (0, 1):
-        for length in lengths:
-            for place in places:
-                part = window_axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
-                rows.append(part if axis == 0 else whole)
-                cols.append(whole if axis == 0 else part)
+    for axis, length in bands:
+        for place in places:
+            part = window_axis(place * (1 - length) * IMG_SIZE, length * IMG_SIZE)
+            rows.append(part if axis == 0 else whole)
+            cols.append(whole if axis == 0 else part)
     return np.stack(rows), np.stack(cols)
-
-
-_DEEP = _band_matrices(DEEP_LENGTHS, DEEP_PLACES)
-_DEEP_LOW = (DCT_LOW @ _DEEP[0], DCT_LOW @ _DEEP[1])  # (W, 8, 32) each: the window's low DCT block directly
-
-
-def deep_aspect_thumbnails(thumbs: np.ndarray) -> np.ndarray:
-    """(N, W, 32, 32) float: per 32x32 thumbnail of a (N, 32, 32) batch, its W = 2 * len(DEEP_LENGTHS) *
-    len(DEEP_PLACES) deep aspect windows (rows windows (a band of rows, all columns) first)."""
-    p = np.asarray(thumbs, np.float64)[:, None]  # (N, 1, 32, 32)
-    rows, cols = _DEEP
-    return rows[None] @ p @ np.swapaxes(cols, 1, 2)[None]
-
-
-def deep_aspect_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
-    """Robust keys (16 hex) of each thumbnail's deep aspect windows, equal to the robust keys of
-    deep_aspect_thumbnails (the sampling folded into the DCT, as curation.hashing's windows)."""
-    return _window_keys(thumbs, _DEEP_LOW)
 
 
 def _window_keys(thumbs: np.ndarray, low_matrices: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, ...]]:
@@ -161,7 +211,7 @@ def _window_keys(thumbs: np.ndarray, low_matrices: tuple[np.ndarray, np.ndarray]
 OCCLUSION_LENGTHS = (0.8, 0.7, 0.55)
 
 
-_OCCLUSION = _band_matrices(OCCLUSION_LENGTHS, (0.0, 1.0))
+_OCCLUSION = _band_matrices(tuple((axis, length) for axis in (0, 1) for length in OCCLUSION_LENGTHS), (0.0, 1.0))
 _OCCLUSION_LOW = (DCT_LOW @ _OCCLUSION[0], DCT_LOW @ _OCCLUSION[1])
 
 

@@ -266,7 +266,7 @@ def keys_many(
     """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each; the
     window keys are, in this order, the crop windows' (20), the aspect windows' with ``aspect_windows``
     (36), the rotated windows' with ``rotation_windows`` (28, curation.hash_windows), the deep aspect
-    windows' with ``deep_windows`` (50), and last, with ``trim_borders``, the key of the picture inside
+    windows' with ``deep_windows`` (88 for a 4:3 or 1:1 picture: their number follows its aspect ratio), and last, with ``trim_borders``, the key of the picture inside
     letterbox / pillarbox bars when it has some. ``occlusion_windows`` fills ``occlusion`` (12 keys,
     matched window against window), ``local_features`` fills ``features`` (packed ORB keypoints)."""
     mode = PhashMode(mode)
@@ -313,7 +313,7 @@ def keys_many(
     with_bars = [t for t in trimmed if t is not None]
     trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
     none = [()] * len(key_thumbs)
-    deep = iter(deep_aspect_keys(stacked) if deep_windows and key_thumbs else none)
+    deep = iter(deep_aspect_keys(stacked, sizes) if deep_windows and key_thumbs else none)
     occluded = iter(occlusion_keys(stacked) if occlusion_windows and key_thumbs else none)
     blank, trims, kthumbs, dims = iter(blanks), iter(trimmed), iter(key_thumbs), iter(sizes)
     feats = iter(features if local_features else [None] * len(key_thumbs))

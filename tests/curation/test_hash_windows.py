@@ -8,11 +8,15 @@ import pytest
 from PIL import Image
 
 from curation.hash_windows import (
-    DEEP_LENGTHS,
-    DEEP_PLACES,
+    DEEP_MAX_LENGTH,
+    DEEP_MIN_LENGTH,
+    DEEP_STEP,
+    TARGET_ASPECTS,
     ROTATION_ANGLES,
     deep_aspect_keys,
     deep_aspect_thumbnails,
+    deep_lengths,
+    deep_places,
     inscribed_scale,
     rotated_from_thumbnail,
     rotated_window_keys,
@@ -77,26 +81,52 @@ def test_filled_copy_window_matches_the_original(angle):
     assert min(hamming(_key(image), k) for k in windows) <= 4
 
 
-def test_deep_aspect_window_matches_a_narrow_crop():
-    image = photo_image(2)
+def test_deep_lengths_are_the_crops_to_common_aspect_ratios():
+    lengths = deep_lengths(640, 480)  # 4:3
+    assert (1, 0.75) in lengths and (1, round(9 / 16 / (4 / 3), 2)) in lengths  # 1:1 and 9:16 keep 75 % and 42 % of the width
+    assert (0, 0.75) in lengths  # 16:9 keeps 75 % of the height
+    assert all(length < DEEP_MAX_LENGTH for _, length in lengths) and len(lengths) == len(set(lengths)) == 8
+    assert {(1 - axis, length) for axis, length in deep_lengths(480, 640)} == set(lengths)  # turned 90 degrees: the other axis
+    assert len(deep_lengths(1000, 1000)) == 8 and len(deep_lengths(2000, 1000)) == 7  # 1:2 (25 %) is under DEEP_MIN_LENGTH
+    assert all(DEEP_MIN_LENGTH <= length for _, length in deep_lengths(4000, 1000))
+    assert deep_lengths(0, 10) == ()
+
+
+def test_short_windows_get_more_places_at_most_deep_step_of_their_length_apart():
+    for length in (0.3, 0.42, 0.5, 0.75):
+        places = deep_places(length)
+        assert places[0] == 0.0 and places[-1] == 1.0
+        assert (places[1] - places[0]) * (1 - length) <= DEEP_STEP * length + 1e-9
+    assert len(deep_places(0.375)) > len(deep_places(0.75))
+    assert len(TARGET_ASPECTS) == 11
+
+
+@pytest.mark.parametrize("aspect, place", [(1.0, 0.3), (9 / 16, 0.8), (2.0, 0.2), (4 / 5, 0.65)])
+def test_deep_aspect_window_matches_a_crop_to_a_common_aspect_ratio(aspect, place):
+    image = photo_image(0)
     w, h = image.size
-    cw = round(w * 0.47)
-    x = round((w - cw) * 0.25)
-    copy = image.crop((x, 0, x + cw, h))
-    thumbs = np.stack([_thumb(image)[0], _thumb(copy)[0]])
-    assert deep_aspect_thumbnails(thumbs).shape == (2, 2 * len(DEEP_LENGTHS) * len(DEEP_PLACES), 32, 32)
-    original, _ = deep_aspect_keys(thumbs)
+    cw, ch = (round(h * aspect), h) if aspect < w / h else (w, round(w / aspect))
+    x, y = round((w - cw) * place), round((h - ch) * place)
+    copy = image.crop((x, y, x + cw, y + ch)).resize((cw * 600 // max(cw, ch), ch * 600 // max(cw, ch)), Image.Resampling.BICUBIC)
+    thumb = _thumb(image)[0]
+    assert deep_aspect_thumbnails(thumb, w, h).shape == (sum(len(deep_places(length)) for _, length in deep_lengths(w, h)), 32, 32)
+    (original,) = deep_aspect_keys(thumb[None], [(w, h)])
     assert min(hamming(_key(copy), k) for k in original) <= 4
-    assert hamming(_key(copy), _key(image)) > 8
+    assert hamming(_key(copy), _key(image)) > 12
 
 
 def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
-    thumbs = np.stack([_thumb(photo_image(i))[0] for i in range(3)])
-    windows = deep_aspect_thumbnails(thumbs)
-    expected = [tuple(robust_keys_from_pixels(w)) for w in windows]
-    got = deep_aspect_keys(thumbs)
-    assert max(hamming(a, b) for e, g in zip(expected, got) for a, b in zip(e, g)) <= 1  # median ties only
-    assert sum(a == b for e, g in zip(expected, got) for a, b in zip(e, g)) >= 0.97 * windows.shape[0] * windows.shape[1]
+    images = [photo_image(i) for i in range(3)] + [photo_image(3).resize((400, 200))]
+    thumbs = np.stack([_thumb(im)[0] for im in images])
+    sizes = [im.size for im in images]
+    got = deep_aspect_keys(thumbs, sizes)
+    pairs = []
+    for t, (w, h), keys in zip(thumbs, sizes, got):
+        expected = robust_keys_from_pixels(deep_aspect_thumbnails(t, w, h))
+        assert len(keys) == len(expected) == sum(len(deep_places(length)) for _, length in deep_lengths(w, h))
+        pairs += list(zip(expected, keys))
+    assert max(hamming(a, b) for a, b in pairs) <= 1  # median ties only
+    assert sum(a == b for a, b in pairs) >= 0.97 * len(pairs)
 
 
 def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():

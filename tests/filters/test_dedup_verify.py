@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from curation.hashing import keys_many
+from curation.hash_windows import deep_lengths, deep_places
 from curation.local_features import unpack_features
 from curation.stages.dedup import hash_images, keys_table
 from filters.dedup import DedupConfigError, DedupRules, decide, link_detail
@@ -87,7 +88,9 @@ def test_keys_many_adds_the_window_keys_and_features_only_when_asked():
     plain = keys_many([data])[0]
     full = keys_many([data], rotation_windows=True, deep_windows=True, occlusion_windows=True, local_features=True)[0]
     assert plain.features is None and plain.occlusion == ()
-    assert full.windows[: len(plain.windows)] == plain.windows and len(full.windows) == len(plain.windows) + 28 + 50
+    size = Image.open(io.BytesIO(data)).size
+    deep = sum(len(deep_places(length)) for _, length in deep_lengths(*size))
+    assert full.windows[: len(plain.windows)] == plain.windows and len(full.windows) == len(plain.windows) + 28 + deep
     assert len(full.occlusion) == 12
     assert len(unpack_features(full.features).xy) > 20
 
