@@ -28,7 +28,7 @@ import numpy as np
 from curation.dct_key import block_keys, robust_keys_from_pixels, window_axis
 from curation.phash import DCT_LOW, IMG_SIZE
 
-ROTATION_ANGLES = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0)  # 3-30 degree turns within 2 degrees of one
+ROTATION_ANGLES = tuple(float(a) for a in range(3, 31, 3))  # 3-30 degree turns within 1.5 degrees of one
 
 
 def inscribed_scale(width: float, height: float, angle_deg: float) -> float:

@@ -30,7 +30,7 @@ class DedupRules:
     aspect_windows: bool = False  # with crop_windows: also the 36 aspect windows (one-side strips, other aspect ratios)
     trim_borders: bool = False  # with crop_windows: also the key of the picture inside letterbox / pillarbox bars
     # issue 19 (see filters.dedup's docstring and README): more window keys, and candidate pairs verified with ORB keypoints
-    rotation_windows: bool = False  # with crop_windows: also the 28 rotated window keys (turns of 4..28 degrees)
+    rotation_windows: bool = False  # with crop_windows: also the 40 rotated window keys (turns of 3..30 degrees)
     deep_windows: bool = False  # with crop_windows: also the deep aspect window keys (crops to common aspect ratios, ~100)
     verify: bool = False  # pairs within verify_link_distance linked as before; those within max_distance only when verified
     occlusion_windows: bool = False  # with verify: pairs whose occlusion window keys are within occlusion_distance are verified too

@@ -57,7 +57,7 @@ def test_four_windows_per_angle():
     assert len(rotated_window_keys(thumb, w, h)) == 4 * len(ROTATION_ANGLES)
 
 
-@pytest.mark.parametrize("angle", [8.0, -12.0, 20.0])
+@pytest.mark.parametrize("angle", [9.0, -12.0, 21.0])
 def test_original_window_matches_its_rotated_and_cropped_copy(angle):
     image = photo_image()
     w, h = image.size
@@ -71,7 +71,7 @@ def test_original_window_matches_its_rotated_and_cropped_copy(angle):
     assert hamming(_key(copy), _key(image)) > best  # the windows are what links it
 
 
-@pytest.mark.parametrize("angle", [12.0, -16.0])
+@pytest.mark.parametrize("angle", [9.0, -18.0])
 def test_filled_copy_window_matches_the_original(angle):
     # (at 24 degrees and more the picture holds ~20 of the filled copy's 32 thumbnail pixels per axis:
     # the window key then drifts to 5-7 bits on some photos; the bench measures the whole range)
