@@ -463,8 +463,10 @@ def pdq_hashes(data: list[bytes]) -> PdqMethod:
     return PdqMethod(out, ok)
 
 
-def _exhaustive_false_links(method, group: np.ndarray, thresholds: list[int], chunk: int = 64) -> tuple[int, dict[int, int], dict[int, set]]:
-    """Pairs (i < j) of files of different groups, and how many are within each threshold."""
+def _exhaustive_false_links(method, group: np.ndarray, thresholds: list[int], chunk: int = 64,
+                            examples_per_chunk: int | None = 5) -> tuple[int, dict[int, int], dict[int, set]]:
+    """Pairs (i < j) of files of different groups, how many are within each threshold, and examples of
+    them (``examples_per_chunk`` per chunk of rows; None: all)."""
     n = len(group)
     counts = {t: 0 for t in thresholds}
     examples: dict[int, set] = {t: set() for t in thresholds}
@@ -480,7 +482,7 @@ def _exhaustive_false_links(method, group: np.ndarray, thresholds: list[int], ch
         for t in thresholds:
             hit = d <= t
             counts[t] += int(hit.sum())
-            examples[t] |= {(int(x), int(y)) for x, y in zip(a[hit][:5], b[hit][:5])}
+            examples[t] |= {(int(x), int(y)) for x, y in zip(a[hit][:examples_per_chunk], b[hit][:examples_per_chunk])}
     return total, counts, examples
 
 
@@ -737,6 +739,21 @@ def main(argv: list[str] | None = None) -> int:
             rows = round((1 + keys_a_row) * len(plan.tables))
             print(f"  candidates within {cd:2d}: recall {recall:.4f} precision {precision:.4f} ({fp} false); banded join at 1M "
                   f"rows: {len(plan.blocks)} blocks, {len(plan.tables)} tables of >= {plan.key_bits}-bit keys, {rows:,} band rows per image")
+        print(f"verified at other pixel agreements (candidates within {rules.candidate_distance}; exhaustive false links: of files of "
+              f"different photos, and of those the ones that are not both views of the stereo pair):")
+        stereo = np.array(["motorcycle_" in name for name in bench.names])
+        for agreement in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8):
+            other = VerifiedMethod(verified.keys, verified.features, replace(rules, min_agreement=agreement), verified.verdicts,
+                                   verified.occlusion, OCCLUSION_DISTANCE)
+            dpa = other.pair_distance(pa_, pb)
+            recall, precision, fp = _recall_precision(dpa, other.pair_distance(na, nb), 0)
+            worst = min((dpa[plabel == c] <= 0).mean() for c in HARD_CLASSES)
+            line = f"  agreement >= {agreement:.2f}: recall {recall:.4f} precision {precision:.4f} ({fp} false), lowest hard class {worst:.3f}"
+            if not args.no_exhaustive:
+                _, counts, pairs = _exhaustive_false_links(other, bench.group, [0], examples_per_chunk=None)
+                apart = sum(1 for a, b in pairs[0] if not (stereo[a] and stereo[b]))
+                line += f"; exhaustive false links {counts[0]:,} ({apart:,} not the stereo pair)"
+            print(line)
     classes = list(dict.fromkeys(plabel.tolist()))
     shown = [n for n in methods if n != "robust"]
     print("\n| edit class | pairs | " + " | ".join(shown) + " |\n|---|---|" + "---|" * len(shown))
