@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis  # noqa: F401 (re-exported)
-from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys_many
 from curation.local_features import features_from_gray, pack_features
 from curation.phash import (
     DECODE_ERRORS,
@@ -314,22 +314,24 @@ def keys_many(
     trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
     none = [()] * len(key_thumbs)
     deep = iter(deep_aspect_keys(stacked, sizes) if deep_windows and key_thumbs else none)
+    turned = [i for i, b in enumerate(blanks) if not b] if rotation_windows else []
+    rotated = dict(zip(turned, rotated_window_keys_many(stacked[turned], [sizes[i] for i in turned]))) if turned else {}
     occluded = iter(occlusion_keys(stacked) if occlusion_windows and key_thumbs else none)
-    blank, trims, kthumbs, dims = iter(blanks), iter(trimmed), iter(key_thumbs), iter(sizes)
+    blank, trims = iter(blanks), iter(trimmed)
     feats = iter(features if local_features else [None] * len(key_thumbs))
     out = []
+    row = -1
     for r in results:
         if r is not None:
             out.append(r)
             continue
-        h, k, w, b, t, kt, (width, height) = next(hashes), next(keys), next(windows), next(blank), next(trims), next(kthumbs), next(dims)
+        row += 1
+        h, k, w, b, t = next(hashes), next(keys), next(windows), next(blank), next(trims)
         d, o, f = next(deep), next(occluded), next(feats)
         if b:
             out.append(KeyResult(h, None, b))
             continue
-        if rotation_windows:
-            w = (*w, *rotated_window_keys(kt, width, height))
-        w = (*w, *d)
+        w = (*w, *rotated.get(row, ()), *d)
         if t is not None:
             w = (*w, next(trim_keys))
         out.append(KeyResult(h, k, None, windows=w, features=f, occlusion=tuple(o)))
