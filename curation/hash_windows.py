@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from curation.dct_key import block_keys, robust_keys_from_pixels, window_axis
+from curation.dct_key import robust_keys_from_pixels, window_axis, window_keys
 from curation.phash import DCT_LOW, IMG_SIZE
 
 ROTATION_ANGLES = tuple(float(a) for a in range(3, 31, 3))  # 3-30 degree turns within 1.5 degrees of one
@@ -258,7 +258,7 @@ def deep_aspect_keys(thumbs: np.ndarray, sizes: list[tuple[float, float]]) -> li
     p = np.asarray(thumbs)
     for lengths, members in groups.items():
         if lengths:
-            for i, keys in zip(members, _window_keys(p[members], _deep_low(lengths))):
+            for i, keys in zip(members, window_keys(p[members], *_deep_low(lengths))):
                 out[i] = keys
     return out
 
@@ -277,20 +277,6 @@ def _band_matrices(bands: tuple[tuple[int, float], ...], places: tuple[float, ..
     return np.stack(rows), np.stack(cols)
 
 
-def _window_keys(thumbs: np.ndarray, low_matrices: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, ...]]:
-    """Per (32, 32) thumbnail of ``thumbs``, the robust keys of the W windows whose (W, 8, 32) row and
-    column matrices give each window's low DCT block directly."""
-    p = np.asarray(thumbs, np.float64)
-    n = len(p)
-    if n == 0:
-        return []
-    rows, cols = low_matrices
-    w = len(rows)
-    low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
-    keys = block_keys(low.reshape(n * w, 8, 8))
-    return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
-
-
 # Occlusion windows: a caption band, a sticker or a local edit over 5-25 % of a copy moves its whole key
 # (the low DCT terms are global), and no window of the *original* looks like the covered copy. But the
 # copy and the original share every window that misses the covered part: the picture without its top or
@@ -306,4 +292,4 @@ _OCCLUSION_LOW = (DCT_LOW @ _OCCLUSION[0], DCT_LOW @ _OCCLUSION[1])
 
 def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first)."""
-    return _window_keys(thumbs, _OCCLUSION_LOW)
+    return window_keys(thumbs, *_OCCLUSION_LOW)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis  # noqa: F401 (re-exported)
+from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis, window_keys  # noqa: F401 (re-exported)
 from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys_many
 from curation.local_features import features_from_gray, pack_features
 from curation.phash import (
@@ -99,6 +99,7 @@ def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 _WINDOWS = _window_matrices()
+_CROP_LOW = (np.stack([r for r, _ in _WINDOWS]), np.stack([c for _, c in _WINDOWS]))
 
 
 # Aspect windows (issue 19, ``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
@@ -123,16 +124,13 @@ def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 _ASPECT_WINDOWS = _aspect_matrices()
+_CROP_ASPECT_LOW = tuple(np.concatenate([m, np.stack([w[i] for w in _ASPECT_WINDOWS])]) for i, m in enumerate(_CROP_LOW))
 
 
 def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tuple[str, ...]]:
     """Per image of a (N, 32, 32) batch, the keys of its len(WINDOW_SCALES) * 5 crop windows (and, with
     ``aspect``, then those of its 36 aspect windows)."""
-    if pixels.shape[0] == 0:
-        return []
-    p = pixels.astype(np.float64)
-    per_window = [block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
-    return [tuple(keys) for keys in zip(*per_window)]
+    return window_keys(pixels, *(_CROP_ASPECT_LOW if aspect else _CROP_LOW))
 
 
 # Border trimming (issue 19, ``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
