@@ -213,11 +213,11 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (h, w) if _orientation(image) in (5, 6, 7, 8) else (w, h)
 
 
-def _features(image: Image.Image, gray: np.ndarray | None) -> bytes:
-    """Packed ORB keypoints of the decoded grayscale (alpha composited; orientation does not matter:
-    the verification fits any rotation)."""
+def _features(image: Image.Image, gray: np.ndarray | None, composite: tuple[np.ndarray, float] | None = None) -> bytes:
+    """Packed ORB keypoints of the decoded grayscale (alpha composited: ``composite`` when the caller
+    has it; orientation does not matter: the verification fits any rotation)."""
     if _has_alpha(image):
-        gray = composited_gray(image)[0]
+        gray = (composite or composited_gray(image))[0]
     elif gray is None:
         gray = np.asarray(image.convert("L"))
     return pack_features(features_from_gray(gray))
@@ -230,10 +230,14 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def key_thumbnail(image: Image.Image, phash_thumb: np.ndarray) -> tuple[np.ndarray, float]:
+def key_thumbnail(image: Image.Image, phash_thumb: np.ndarray, composite: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
     """The dedup key's 32x32 thumbnail (upright, composited) and the visible fraction; images without
-    alpha reuse the pHash thumbnail (no second decode or resize)."""
-    thumb, visible = _composited(image) if _has_alpha(image) else (phash_thumb, 1.0)
+    alpha reuse the pHash thumbnail (no second decode or resize), images with alpha the caller's
+    composited_gray when given."""
+    if not _has_alpha(image):
+        thumb, visible = phash_thumb, 1.0
+    else:
+        thumb, visible = (resize_gray_32(composite[0]), composite[1]) if composite else _composited(image)
     upright = _UPRIGHT.get(_orientation(image))
     return (np.ascontiguousarray(upright(thumb)) if upright else thumb), visible
 
@@ -287,12 +291,13 @@ def keys_many(
                     thumb = resize_gray_32(gray)
                     if trim_borders and not _has_alpha(image):
                         trim = trimmed_thumbnail(gray)
-                kthumb, visible = key_thumbnail(image, thumb)
+                composite = composited_gray(image) if _has_alpha(image) else None  # once, for the key and the features
+                kthumb, visible = key_thumbnail(image, thumb, composite)
                 if trim is not None:
                     upright = _UPRIGHT.get(_orientation(image))  # (the key is dihedral-invariant: for symmetry only)
                     trim = np.ascontiguousarray(upright(trim)) if upright else trim
                 if local_features:  # fast mode decoded a small draft: decode the picture again at full size
-                    features.append(_features(image, gray) if gray is not None else _features(open_image(data), None))
+                    features.append(_features(image, gray, composite) if gray is not None else _features(open_image(data), None))
             except DECODE_ERRORS as e:
                 raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
         except UndecodableImage as e:

@@ -112,6 +112,21 @@ def test_keys_many_batches_the_rotated_windows_of_the_keyed_rows_only():
         assert r.windows[20:] == expected
 
 
+def test_an_alpha_image_s_features_are_those_of_its_composited_gray():
+    import numpy as np
+
+    from curation.local_features import features_from_gray, pack_features
+    from curation.robust_key import composited_gray
+
+    _, data = photo_files(1)[0]
+    rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 4, 3] = 0
+    png = io.BytesIO()
+    Image.fromarray(rgba).save(png, "PNG")
+    got = keys_many([png.getvalue()], local_features=True)[0]
+    assert got.features == pack_features(features_from_gray(composited_gray(Image.open(io.BytesIO(png.getvalue())))[0]))
+
+
 def test_a_verified_link_s_detail_names_the_verdict():
     assert link_detail("u1", "robust", 7, True, 5, False, 23, 9) == "u1 robust-window distance=7 verified inliers=23 cells=9 to 0000000000000005"
     assert link_detail("u1", "robust", 2, False, 5, False, None, None) == "u1 robust distance=2 to 0000000000000005"
