@@ -74,18 +74,18 @@ def _grid_map(size, thumb: int, angle: float, box) -> np.ndarray:
     x0, y0 = -bw / 2 + du / 2, -bh / 2 + dv / 2
     # (x, y) = R(-a) (x', y'): x = c x' + s y', y = -s x' + c y'  (cv2's positive angle is counter-clockwise
     # with y down, as Pillow's rotate)
-    terms = [
-        [sx * c * du, sx * s * dv, sx * (c * x0 + s * y0 + w / 2) - 0.5],
-        [-sy * s * du, sy * c * dv, sy * (-s * x0 + c * y0 + h / 2) - 0.5],
-    ]
-    return np.stack([np.stack(np.broadcast_arrays(*row), axis=-1) for row in terms], axis=-2).astype(np.float64)
+    terms = np.broadcast_arrays(
+        sx * c * du, sx * s * dv, sx * (c * x0 + s * y0 + w / 2) - 0.5,
+        -sy * s * du, sy * c * dv, sy * (-s * x0 + c * y0 + h / 2) - 0.5,
+    )
+    return np.stack(terms, axis=-1).astype(np.float64).reshape(*terms[0].shape, 2, 3)
 
 
 def rotation_maps(sizes, thumb: int = IMG_SIZE, angles: tuple[float, ...] = ROTATION_ANGLES) -> np.ndarray:
     """(N, 4 * len(angles), 2, 3): per (width, height) of ``sizes``, the affine maps of its rotated
     windows (per angle and sign: turned + cropped, then turned back + uncropped, or the crop map again
     when no uncropped picture fits), from the output 32x32 grid to its thumb x thumb thumbnail."""
-    dims = np.asarray(sizes, np.int64).reshape(-1, 2)
+    dims = np.asarray(sizes, np.int64).reshape(-1, 2).astype(np.float64)  # exact: the same divisions as of ints
     width, height = dims[:, 0], dims[:, 1]
     out = []
     for a in angles:
@@ -166,11 +166,13 @@ def rotated_windows_many(thumbs, sizes, angles: tuple[float, ...] = ROTATION_ANG
         part = thumbs[start : start + chunk]
         stacked = np.pad(part, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)), mode="edge").reshape(-1, side)
         x, y, weights = _fixed_point_positions(maps[start : start + len(part)].reshape(-1, 2, 3))
-        xy = np.empty((*x.shape, 2), np.int16)
-        xy[..., 0] = np.clip(x, -_PAD, IMG_SIZE - 1, out=x) + _PAD
+        np.clip(x, -_PAD, IMG_SIZE - 1, out=x)
+        x += _PAD
         np.clip(y, -_PAD, IMG_SIZE - 1, out=y)
         y += (np.arange(len(y), dtype=np.int32) // windows * side + _PAD)[:, None, None]
-        xy[..., 1] = y
+        y <<= 16
+        y |= x  # both in [0, 2**15): little-endian int16 pairs (x, y), the layout cv2.remap reads
+        xy = y.astype("<i4", copy=False).view("<i2").astype(np.int16, copy=False)
         size = IMG_SIZE * IMG_SIZE
         warped = cv2.remap(stacked, xy.reshape(-1, size, 2), weights.astype(np.uint16).reshape(-1, size), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out[start : start + len(part)] = warped.reshape(len(part), windows, IMG_SIZE, IMG_SIZE)
