@@ -85,7 +85,7 @@ def rotation_maps(sizes, thumb: int = IMG_SIZE, angles: tuple[float, ...] = ROTA
     """(N, 4 * len(angles), 2, 3): per (width, height) of ``sizes``, the affine maps of its rotated
     windows (per angle and sign: turned + cropped, then turned back + uncropped, or the crop map again
     when no uncropped picture fits), from the output 32x32 grid to its thumb x thumb thumbnail."""
-    dims = np.asarray(sizes, np.int64).reshape(-1, 2).astype(np.float64)  # exact: the same divisions as of ints
+    dims = np.asarray(sizes, np.float64).reshape(-1, 2)  # integer sizes are exact: the same divisions as of ints
     width, height = dims[:, 0], dims[:, 1]
     out = []
     for a in angles:
@@ -125,7 +125,7 @@ def rotated_window_keys(thumb: np.ndarray, width: int, height: int, angles: tupl
 # BORDER_REPLICATE reads.
 _AB_BITS, _INTER_BITS = 10, 5
 _PAD = 1
-_CHUNK = 8  # pictures per cv2.remap call: its per-pixel positions (8 x 28 x 1024) stay in cache
+_CHUNK = 8  # pictures per cv2.remap call: their per-pixel positions (8 x 40 windows x 1024) stay in cache
 
 
 def _fixed_point_positions(maps: np.ndarray, n: int = IMG_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
