@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hash_windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.hash_windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys_many
 from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
 from curation.local_features import FEATURES_MAX, THUMB_SIDE, LocalFeatures, features_from_gray, pack_features
 from filters.dedup import plan_bands
@@ -545,7 +545,7 @@ def upright_gray(blob: bytes) -> np.ndarray:
 
 def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], ...]:
     """Rotated, deep aspect and occlusion window keys of each image (curation.hash_windows)."""
-    rotated = [rotated_window_keys(t, w, h) for t, (w, h) in zip(thumbs, sizes)]
+    rotated = rotated_window_keys_many(thumbs, sizes)
     stacked = np.stack(thumbs)
     return rotated, deep_aspect_keys(stacked, sizes), occlusion_keys(stacked)
 

@@ -28,6 +28,10 @@ def dihedral_hashes(pixels: np.ndarray) -> np.ndarray:
     return packed.reshape(n * 8, 8).view(">u8").astype(np.uint64).reshape(n, 8)
 
 
+_UPPER = np.triu(np.ones((HASH_SIZE, HASH_SIZE), bool), 1)
+_ABOVE, _BELOW = np.flatnonzero(_UPPER), np.flatnonzero(_UPPER.T)  # positions in a flattened block, row-major
+
+
 def canonical_block(low: np.ndarray) -> np.ndarray:
     """(N, 8, 8) low DCT blocks brought to one orientation, the same for all 8 rotations/flips of an
     image: transposed when the energy below the diagonal (vertical frequencies) exceeds the energy
@@ -35,22 +39,40 @@ def canonical_block(low: np.ndarray) -> np.ndarray:
     when the vertical one C[1,0] + C[3,0]/3 is. (The minimum over the 8 variants' hashes would also be
     invariant, but which variant is smallest flips under small edits: recall 0.78 against 0.92 at k = 4
     on bench/neardup_quality.py's set.)"""
-    low = np.array(low, np.float64, copy=True)
-    upper = np.triu(np.ones((HASH_SIZE, HASH_SIZE), bool), 1)
-    vertical = (low**2)[:, upper.T].sum(axis=1) > (low**2)[:, upper].sum(axis=1)
-    low[vertical] = np.swapaxes(low[vertical], 1, 2)
+    low = np.asarray(low, np.float64)
+    square = (low**2).reshape(len(low), HASH_SIZE * HASH_SIZE)
+    vertical = square[:, _BELOW].sum(axis=1) > square[:, _ABOVE].sum(axis=1)
+    low = np.where(vertical[:, None, None], np.swapaxes(low, 1, 2), low)
     mirror = (low[:, 0, 1] + low[:, 0, 3] / 3) < 0
     flip = (low[:, 1, 0] + low[:, 3, 0] / 3) < 0
-    low[mirror] *= _SIGNS[None, :]
-    low[flip] *= _SIGNS[:, None]
-    return low
+    rows, cols = np.where(flip[:, None], _SIGNS, 1.0), np.where(mirror[:, None], _SIGNS, 1.0)  # sign changes: exact
+    return low * rows[:, :, None] * cols[:, None, :]
 
 
 def block_keys(low: np.ndarray) -> list[str]:
-    """16-hex keys of (N, 8, 8) low DCT blocks: the canonical block's bits above its own median."""
-    flat = canonical_block(low).reshape(len(low), -1)
-    bits = flat > np.median(flat, axis=1, keepdims=True)
-    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+    """16-hex keys of (N, 8, 8) low DCT blocks: the canonical block's bits above its own median (the
+    mean of its two middle values, as np.median)."""
+    flat = canonical_block(low).reshape(len(low), HASH_SIZE * HASH_SIZE)
+    ordered = np.sort(flat, axis=1)
+    middle = flat.shape[1] // 2
+    median = (ordered[:, middle - 1 : middle] + ordered[:, middle : middle + 1]) / 2
+    text = np.packbits(flat > median, axis=1).tobytes().hex()
+    width = flat.shape[1] // 4
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
+def window_keys(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 256) -> list[tuple[str, ...]]:
+    """Per (32, 32) image of ``pixels``, the keys of its W windows whose (W, 8, 32) row and column
+    matrices give each window's low DCT block directly (low = rows[w] @ image @ cols[w].T)."""
+    p = np.asarray(pixels, np.float64)
+    w = len(rows)
+    out: list[tuple[str, ...]] = []
+    for start in range(0, len(p), chunk):
+        part = p[start : start + chunk]
+        low = rows[None] @ part[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (n, W, 8, 8)
+        keys = block_keys(low.reshape(-1, HASH_SIZE, HASH_SIZE))
+        out += [tuple(keys[i : i + w]) for i in range(0, len(keys), w)]
+    return out
 
 
 def robust_keys_from_pixels(pixels: np.ndarray) -> list[str]:

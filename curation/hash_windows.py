@@ -13,9 +13,10 @@ each angle a in ``ROTATION_ANGLES`` and both signs, two window keys:
 
 Both are resampled from the dedup key's own 32x32 thumbnail (upright, alpha composited: the one
 curation.hashing.keys_many already made), with the turn done in the picture's true proportions (the
-thumbnail squashes width and height to 32 each): one 32x32 affine warp and one 8x32 DCT per window,
-no decode and no resize of the image. The keys are curation.hashing's robust keys (canonical over the 8
-rotations/flips). Linked like the crop windows: a row's key against the other row's window keys.
+thumbnail squashes width and height to 32 each): one 32x32 affine warp and one DCT per window, no
+decode and no resize of the image; rotated_window_keys_many does the warps of a whole batch in one
+cv2.remap and its DCTs in one matrix product. The keys are curation.hashing's robust keys (canonical
+over the 8 rotations/flips). Linked like the crop windows: a row's key against the other row's window keys.
 """
 
 from __future__ import annotations
@@ -25,35 +26,44 @@ from functools import lru_cache
 
 import numpy as np
 
-from curation.dct_key import block_keys, robust_keys_from_pixels, window_axis
+from curation.dct_key import robust_keys_from_pixels, window_axis, window_keys
 from curation.phash import DCT_LOW, IMG_SIZE
 
 ROTATION_ANGLES = tuple(float(a) for a in range(3, 31, 3))  # 3-30 degree turns within 1.5 degrees of one
 
 
-def inscribed_scale(width: float, height: float, angle_deg: float) -> float:
-    """Largest s such that a centred s*width x s*height rectangle fits inside the picture turned by angle."""
+def inscribed_scale(width, height, angle_deg: float):
+    """Largest s such that a centred s*width x s*height rectangle fits inside the picture turned by angle
+    (width and height may be arrays)."""
     a = math.radians(abs(angle_deg))
-    return 1.0 / (math.cos(a) + math.sin(a) * max(width / height, height / width))
+    return 1.0 / (math.cos(a) + math.sin(a) * np.maximum(width / height, height / width))
+
+
+def _unrotated_extents(width, height, angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """unrotated_extent over arrays of widths and heights: (w, h, found)."""
+    a = math.radians(abs(angle_deg))
+    c, s = math.cos(a), math.sin(a)
+    det = c * c - s * s
+    if det <= 1e-6:
+        zero = np.zeros(np.shape(width))
+        return zero, zero, zero > 0
+    w = (width * c - height * s) / det
+    h = (height * c - width * s) / det
+    return w, h, (w > 4) & (h > 4)
 
 
 def unrotated_extent(width: float, height: float, angle_deg: float) -> tuple[float, float] | None:
     """(w, h) of the picture that, turned by angle onto an expanded canvas, gives a width x height canvas:
     W = w cos + h sin, H = w sin + h cos; None when no positive solution."""
-    a = math.radians(abs(angle_deg))
-    c, s = math.cos(a), math.sin(a)
-    det = c * c - s * s
-    if det <= 1e-6:
-        return None
-    w = (width * c - height * s) / det
-    h = (height * c - width * s) / det
-    return (w, h) if w > 4 and h > 4 else None
+    w, h, found = _unrotated_extents(width, height, angle_deg)
+    return (float(w), float(h)) if found else None
 
 
-def _grid_map(size: tuple[float, float], thumb: int, angle: float, box: tuple[float, float]) -> list[list[float]]:
-    """2x3 map from a 32x32 output grid over the centred box (bw, bh) of a picture of size (w, h) turned
-    by ``angle`` degrees about its centre, to pixel positions in the picture's thumb x thumb thumbnail
-    (which squashes w and h to ``thumb`` each: the turn is done in true proportions)."""
+def _grid_map(size, thumb: int, angle: float, box) -> np.ndarray:
+    """(..., 2, 3) maps from a 32x32 output grid over the centred box (bw, bh) of a picture of size (w, h)
+    turned by ``angle`` degrees about its centre, to pixel positions in the picture's thumb x thumb
+    thumbnail (which squashes w and h to ``thumb`` each: the turn is done in true proportions); w, h,
+    bw, bh may be arrays of many pictures."""
     w, h = size
     bw, bh = box
     a = math.radians(angle)
@@ -64,39 +74,120 @@ def _grid_map(size: tuple[float, float], thumb: int, angle: float, box: tuple[fl
     x0, y0 = -bw / 2 + du / 2, -bh / 2 + dv / 2
     # (x, y) = R(-a) (x', y'): x = c x' + s y', y = -s x' + c y'  (cv2's positive angle is counter-clockwise
     # with y down, as Pillow's rotate)
-    return [
-        [sx * c * du, sx * s * dv, sx * (c * x0 + s * y0 + w / 2) - 0.5],
-        [-sy * s * du, sy * c * dv, sy * (-s * x0 + c * y0 + h / 2) - 0.5],
-    ]
+    terms = np.broadcast_arrays(
+        sx * c * du, sx * s * dv, sx * (c * x0 + s * y0 + w / 2) - 0.5,
+        -sy * s * du, sy * c * dv, sy * (-s * x0 + c * y0 + h / 2) - 0.5,
+    )
+    return np.stack(terms, axis=-1).astype(np.float64).reshape(*terms[0].shape, 2, 3)
+
+
+def rotation_maps(sizes, thumb: int = IMG_SIZE, angles: tuple[float, ...] = ROTATION_ANGLES) -> np.ndarray:
+    """(N, 4 * len(angles), 2, 3): per (width, height) of ``sizes``, the affine maps of its rotated
+    windows (per angle and sign: turned + cropped, then turned back + uncropped, or the crop map again
+    when no uncropped picture fits), from the output 32x32 grid to its thumb x thumb thumbnail."""
+    dims = np.asarray(sizes, np.float64).reshape(-1, 2)  # integer sizes are exact: the same divisions as of ints
+    width, height = dims[:, 0], dims[:, 1]
+    out = []
+    for a in angles:
+        for signed in (a, -a):
+            s = inscribed_scale(width, height, signed)
+            crop = _grid_map((width, height), thumb, signed, (width * s, height * s))
+            ew, eh, found = _unrotated_extents(width, height, signed)
+            fill = _grid_map((width, height), thumb, -signed, (np.where(found, ew, 8.0), np.where(found, eh, 8.0)))
+            out += [crop, np.where(found[:, None, None], fill, crop)]
+    return np.stack(out, axis=1) if len(dims) else np.zeros((0, 4 * len(angles), 2, 3))
 
 
 def rotated_from_thumbnail(thumb: np.ndarray, width: int, height: int, angles: tuple[float, ...] = ROTATION_ANGLES) -> np.ndarray:
     """(4 * len(angles), 32, 32) uint8: per angle and sign, the turned + cropped and the turned back +
     uncropped windows (module doc) of a width x height picture, from its 32x32 thumbnail; a fill window
-    without a solution (angle too large for the aspect) repeats the crop window."""
+    without a solution (angle too large for the aspect) repeats the crop window. One cv2.warpAffine
+    (bilinear, edges replicated) per window: the reference rotated_windows_many reproduces in one batch."""
     import cv2
 
     src = np.ascontiguousarray(thumb, np.uint8)
-    n = src.shape[0]
-    out = []
-    for a in angles:
-        for signed in (a, -a):
-            s = inscribed_scale(width, height, signed)
-            crop_map = np.array(_grid_map((width, height), n, signed, (width * s, height * s)))
-            crop = cv2.warpAffine(src, crop_map, (IMG_SIZE, IMG_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-            out.append(crop)
-            extent = unrotated_extent(width, height, signed)
-            if extent is None:
-                out.append(crop)
-                continue
-            fill_map = np.array(_grid_map((width, height), n, -signed, extent))
-            out.append(cv2.warpAffine(src, fill_map, (IMG_SIZE, IMG_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE))
-    return np.stack(out)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    maps = rotation_maps([(width, height)], src.shape[0], angles)[0]
+    return np.stack([cv2.warpAffine(src, m, (IMG_SIZE, IMG_SIZE), flags=flags, borderMode=cv2.BORDER_REPLICATE) for m in maps])
 
 
 def rotated_window_keys(thumb: np.ndarray, width: int, height: int, angles: tuple[float, ...] = ROTATION_ANGLES) -> tuple[str, ...]:
     """Robust keys (16 hex) of rotated_from_thumbnail: 4 * len(angles) window keys."""
-    return tuple(robust_keys_from_pixels(rotated_from_thumbnail(thumb, width, height, angles)))
+    return rotated_window_keys_many([thumb], [(width, height)], angles)[0]
+
+
+# Batched warps. cv2.warpAffine (INTER_LINEAR) turns each output pixel's source position into fixed
+# point (AB_BITS fraction bits, rounded to 1/2**INTER_BITS of a pixel) and hands those positions to
+# cv2.remap; _fixed_point_positions computes the same positions for every window of every picture
+# at once, so that one cv2.remap over the stacked thumbnails gives, bit for bit, what one warpAffine
+# per window gave (tests/curation/test_hash_windows.py compares them). Each thumbnail is stacked with
+# a one-pixel replicated border and positions outside it clamped onto it: the same pixels
+# BORDER_REPLICATE reads.
+_AB_BITS, _INTER_BITS = 10, 5
+_PAD = 1
+_CHUNK = 8  # pictures per cv2.remap call: their per-pixel positions (8 x 40 windows x 1024) stay in cache
+
+
+def _fixed_point_positions(maps: np.ndarray, n: int = IMG_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (K, 2, 3) map and output pixel of an n x n grid: integer source x, y (K, n, n) int32 and the
+    bilinear weight index (1/32 pixel fractions: 32 * fy + fx), as cv2.warpAffine computes them."""
+    scale = float(1 << _AB_BITS)
+    tab = 1 << _INTER_BITS
+    grid = np.arange(n, dtype=np.float64)
+    rd = (1 << _AB_BITS) // tab // 2
+    pos = []
+    for r in (0, 1):
+        along_x = np.rint(maps[:, r, 0, None] * grid * scale).astype(np.int32)  # (K, n): per output column
+        along_y = np.rint((maps[:, r, 1, None] * grid + maps[:, r, 2, None]) * scale).astype(np.int32) + rd  # per row
+        p = along_y[:, :, None] + along_x[:, None, :]
+        p >>= _AB_BITS - _INTER_BITS
+        pos.append(p)
+    x, y = pos
+    weights = y & (tab - 1)
+    weights <<= _INTER_BITS
+    weights |= x & (tab - 1)
+    x >>= _INTER_BITS
+    y >>= _INTER_BITS
+    return x, y, weights
+
+
+def rotated_windows_many(thumbs, sizes, angles: tuple[float, ...] = ROTATION_ANGLES) -> np.ndarray:
+    """(N, 4 * len(angles), 32, 32) uint8: rotated_from_thumbnail of each 32x32 thumbnail and (width,
+    height) of the picture, from one cv2.remap per _CHUNK pictures."""
+    import cv2
+
+    thumbs = np.asarray(thumbs, np.uint8).reshape(-1, IMG_SIZE, IMG_SIZE)
+    count, windows = len(thumbs), 4 * len(angles)
+    out = np.empty((count, windows, IMG_SIZE, IMG_SIZE), np.uint8)
+    maps = rotation_maps(sizes, IMG_SIZE, angles)
+    side = IMG_SIZE + 2 * _PAD
+    chunk = max(1, min(_CHUNK, 32000 // max(1, windows)))  # output laid out as one 32 x 32 window a row
+    for start in range(0, count, chunk):
+        part = thumbs[start : start + chunk]
+        stacked = np.pad(part, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)), mode="edge").reshape(-1, side)
+        x, y, weights = _fixed_point_positions(maps[start : start + len(part)].reshape(-1, 2, 3))
+        np.clip(x, -_PAD, IMG_SIZE - 1, out=x)
+        x += _PAD
+        np.clip(y, -_PAD, IMG_SIZE - 1, out=y)
+        y += (np.arange(len(y), dtype=np.int32) // windows * side + _PAD)[:, None, None]
+        y <<= 16
+        y |= x  # both in [0, 2**15): little-endian int16 pairs (x, y), the layout cv2.remap reads
+        xy = y.astype("<i4", copy=False).view("<i2").astype(np.int16, copy=False)
+        size = IMG_SIZE * IMG_SIZE
+        warped = cv2.remap(stacked, xy.reshape(-1, size, 2), weights.astype(np.uint16).reshape(-1, size), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[start : start + len(part)] = warped.reshape(len(part), windows, IMG_SIZE, IMG_SIZE)
+    return out
+
+
+def rotated_window_keys_many(thumbs, sizes, angles: tuple[float, ...] = ROTATION_ANGLES) -> list[tuple[str, ...]]:
+    """Per 32x32 thumbnail and (width, height) of its picture, the robust keys (16 hex) of its 4 *
+    len(angles) rotated windows (rotated_from_thumbnail), for a whole batch at once."""
+    pixels = rotated_windows_many(thumbs, sizes, angles)
+    if len(pixels) == 0:
+        return []
+    windows = pixels.shape[1]
+    keys = robust_keys_from_pixels(pixels.reshape(-1, IMG_SIZE, IMG_SIZE))
+    return [tuple(keys[i : i + windows]) for i in range(0, len(keys), windows)]
 
 
 # Deep aspect windows: a copy cropped to another aspect ratio keeps one axis whole and a part of the other
@@ -169,7 +260,7 @@ def deep_aspect_keys(thumbs: np.ndarray, sizes: list[tuple[float, float]]) -> li
     p = np.asarray(thumbs)
     for lengths, members in groups.items():
         if lengths:
-            for i, keys in zip(members, _window_keys(p[members], _deep_low(lengths))):
+            for i, keys in zip(members, window_keys(p[members], *_deep_low(lengths))):
                 out[i] = keys
     return out
 
@@ -188,20 +279,6 @@ def _band_matrices(bands: tuple[tuple[int, float], ...], places: tuple[float, ..
     return np.stack(rows), np.stack(cols)
 
 
-def _window_keys(thumbs: np.ndarray, low_matrices: tuple[np.ndarray, np.ndarray]) -> list[tuple[str, ...]]:
-    """Per (32, 32) thumbnail of ``thumbs``, the robust keys of the W windows whose (W, 8, 32) row and
-    column matrices give each window's low DCT block directly."""
-    p = np.asarray(thumbs, np.float64)
-    n = len(p)
-    if n == 0:
-        return []
-    rows, cols = low_matrices
-    w = len(rows)
-    low = rows[None] @ p[:, None] @ np.swapaxes(cols, 1, 2)[None]  # (N, W, 8, 8)
-    keys = block_keys(low.reshape(n * w, 8, 8))
-    return [tuple(keys[i * w : (i + 1) * w]) for i in range(n)]
-
-
 # Occlusion windows: a caption band, a sticker or a local edit over 5-25 % of a copy moves its whole key
 # (the low DCT terms are global), and no window of the *original* looks like the covered copy. But the
 # copy and the original share every window that misses the covered part: the picture without its top or
@@ -217,4 +294,4 @@ _OCCLUSION_LOW = (DCT_LOW @ _OCCLUSION[0], DCT_LOW @ _OCCLUSION[1])
 
 def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
     """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first)."""
-    return _window_keys(thumbs, _OCCLUSION_LOW)
+    return window_keys(thumbs, *_OCCLUSION_LOW)

@@ -99,6 +99,8 @@ def _orb(params: FeatureParams):
 
 def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()) -> LocalFeatures:
     """ORB keypoints and descriptors of a uint8 grayscale picture (any size; it is shrunk first)."""
+    import cv2
+
     small = small_gray(gray, params.side)
     if min(small.shape) < 2 * params.edge_threshold + 2:
         return EMPTY
@@ -110,7 +112,7 @@ def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()
     keypoints, descriptors = orb.compute(small, chosen)
     if descriptors is None or not keypoints:
         return EMPTY
-    xy = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    xy = cv2.KeyPoint_convert(keypoints).astype(np.float32).reshape(-1, 2)
     size = (small.shape[1], small.shape[0])
     return LocalFeatures(xy, np.ascontiguousarray(descriptors, np.uint8), size, small_gray(small, THUMB_SIDE))
 
@@ -118,22 +120,26 @@ def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()
 def spread(keypoints, shape: tuple[int, int], grid: int, total: int) -> list:
     """The strongest keypoints of each of grid x grid cells (total / grid**2 each; cells with fewer
     leave their share to the strongest of the rest), so that no one textured region (a caption, a
-    sticker) holds most of them."""
+    sticker) holds most of them. Chosen first by response (strongest first, ties in detection order),
+    then the strongest of the rest."""
+    if not keypoints:
+        return []
+    import cv2
+
     h, w = shape
     per_cell = max(1, total // (grid * grid))
-    response = np.array([-k.response for k in keypoints])
-    order = np.argsort(response, kind="stable")
-    cell = [min(grid - 1, int(keypoints[i].pt[1] * grid / h)) * grid + min(grid - 1, int(keypoints[i].pt[0] * grid / w)) for i in order]
-    taken: dict[int, int] = {}
-    chosen, rest = [], []
-    for i, c in zip(order, cell):
-        if taken.get(c, 0) < per_cell:
-            taken[c] = taken.get(c, 0) + 1
-            chosen.append(i)
-        else:
-            rest.append(i)
-    chosen += rest[: max(0, total - len(chosen))]
-    return [keypoints[i] for i in chosen]
+    order = np.argsort(-np.array([k.response for k in keypoints], np.float64), kind="stable")
+    pt = cv2.KeyPoint_convert(keypoints).astype(np.float64)[order]  # (n, 2) x, y
+    cell = np.minimum(grid - 1, (pt[:, 1] * grid / h).astype(np.int64)) * grid + np.minimum(grid - 1, (pt[:, 0] * grid / w).astype(np.int64))
+    # rank of each keypoint among the stronger ones of its cell: position in a stable sort by cell
+    by_cell = np.argsort(cell, kind="stable")
+    starts = np.searchsorted(cell[by_cell], cell[by_cell], side="left")
+    rank = np.empty(len(cell), np.int64)
+    rank[by_cell] = np.arange(len(cell)) - starts
+    first = rank < per_cell
+    rest = order[~first]
+    chosen = np.concatenate([order[first], rest[: max(0, total - int(first.sum()))]])
+    return [keypoints[i] for i in chosen.tolist()]
 
 
 def pack_features(f: LocalFeatures) -> bytes:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis  # noqa: F401 (re-exported)
-from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys
+from curation.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels, window_axis, window_keys  # noqa: F401 (re-exported)
+from curation.hash_windows import deep_aspect_keys, occlusion_keys, rotated_window_keys_many
 from curation.local_features import features_from_gray, pack_features
 from curation.phash import (
     DECODE_ERRORS,
@@ -99,6 +99,7 @@ def _window_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 _WINDOWS = _window_matrices()
+_CROP_LOW = (np.stack([r for r, _ in _WINDOWS]), np.stack([c for _, c in _WINDOWS]))
 
 
 # Aspect windows (issue 19, ``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
@@ -123,16 +124,13 @@ def _aspect_matrices() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 _ASPECT_WINDOWS = _aspect_matrices()
+_CROP_ASPECT_LOW = tuple(np.concatenate([m, np.stack([w[i] for w in _ASPECT_WINDOWS])]) for i, m in enumerate(_CROP_LOW))
 
 
 def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tuple[str, ...]]:
     """Per image of a (N, 32, 32) batch, the keys of its len(WINDOW_SCALES) * 5 crop windows (and, with
     ``aspect``, then those of its 36 aspect windows)."""
-    if pixels.shape[0] == 0:
-        return []
-    p = pixels.astype(np.float64)
-    per_window = [block_keys(rows @ p @ cols.T) for rows, cols in _WINDOWS + (_ASPECT_WINDOWS if aspect else [])]
-    return [tuple(keys) for keys in zip(*per_window)]
+    return window_keys(pixels, *(_CROP_ASPECT_LOW if aspect else _CROP_LOW))
 
 
 # Border trimming (issue 19, ``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
@@ -215,11 +213,11 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (h, w) if _orientation(image) in (5, 6, 7, 8) else (w, h)
 
 
-def _features(image: Image.Image, gray: np.ndarray | None) -> bytes:
-    """Packed ORB keypoints of the decoded grayscale (alpha composited; orientation does not matter:
-    the verification fits any rotation)."""
+def _features(image: Image.Image, gray: np.ndarray | None, composite: tuple[np.ndarray, float] | None = None) -> bytes:
+    """Packed ORB keypoints of the decoded grayscale (alpha composited: ``composite`` when the caller
+    has it; orientation does not matter: the verification fits any rotation)."""
     if _has_alpha(image):
-        gray = composited_gray(image)[0]
+        gray = (composite or composited_gray(image))[0]
     elif gray is None:
         gray = np.asarray(image.convert("L"))
     return pack_features(features_from_gray(gray))
@@ -232,10 +230,14 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
-def key_thumbnail(image: Image.Image, phash_thumb: np.ndarray) -> tuple[np.ndarray, float]:
+def key_thumbnail(image: Image.Image, phash_thumb: np.ndarray, composite: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
     """The dedup key's 32x32 thumbnail (upright, composited) and the visible fraction; images without
-    alpha reuse the pHash thumbnail (no second decode or resize)."""
-    thumb, visible = _composited(image) if _has_alpha(image) else (phash_thumb, 1.0)
+    alpha reuse the pHash thumbnail (no second decode or resize), images with alpha the caller's
+    composited_gray when given."""
+    if not _has_alpha(image):
+        thumb, visible = phash_thumb, 1.0
+    else:
+        thumb, visible = (resize_gray_32(composite[0]), composite[1]) if composite else _composited(image)
     upright = _UPRIGHT.get(_orientation(image))
     return (np.ascontiguousarray(upright(thumb)) if upright else thumb), visible
 
@@ -289,12 +291,13 @@ def keys_many(
                     thumb = resize_gray_32(gray)
                     if trim_borders and not _has_alpha(image):
                         trim = trimmed_thumbnail(gray)
-                kthumb, visible = key_thumbnail(image, thumb)
+                composite = composited_gray(image) if _has_alpha(image) else None  # once, for the key and the features
+                kthumb, visible = key_thumbnail(image, thumb, composite)
                 if trim is not None:
                     upright = _UPRIGHT.get(_orientation(image))  # (the key is dihedral-invariant: for symmetry only)
                     trim = np.ascontiguousarray(upright(trim)) if upright else trim
                 if local_features:  # fast mode decoded a small draft: decode the picture again at full size
-                    features.append(_features(image, gray) if gray is not None else _features(open_image(data), None))
+                    features.append(_features(image, gray, composite) if gray is not None else _features(open_image(data), None))
             except DECODE_ERRORS as e:
                 raise UndecodableImage(f"cannot decode image: {type(e).__name__}: {e}") from e
         except UndecodableImage as e:
@@ -314,22 +317,24 @@ def keys_many(
     trim_keys = iter(robust_keys_from_pixels(np.stack(with_bars)) if with_bars else [])
     none = [()] * len(key_thumbs)
     deep = iter(deep_aspect_keys(stacked, sizes) if deep_windows and key_thumbs else none)
+    turned = [i for i, b in enumerate(blanks) if not b] if rotation_windows else []
+    rotated = dict(zip(turned, rotated_window_keys_many(stacked[turned], [sizes[i] for i in turned]))) if turned else {}
     occluded = iter(occlusion_keys(stacked) if occlusion_windows and key_thumbs else none)
-    blank, trims, kthumbs, dims = iter(blanks), iter(trimmed), iter(key_thumbs), iter(sizes)
+    blank, trims = iter(blanks), iter(trimmed)
     feats = iter(features if local_features else [None] * len(key_thumbs))
     out = []
+    row = -1
     for r in results:
         if r is not None:
             out.append(r)
             continue
-        h, k, w, b, t, kt, (width, height) = next(hashes), next(keys), next(windows), next(blank), next(trims), next(kthumbs), next(dims)
+        row += 1
+        h, k, w, b, t = next(hashes), next(keys), next(windows), next(blank), next(trims)
         d, o, f = next(deep), next(occluded), next(feats)
         if b:
             out.append(KeyResult(h, None, b))
             continue
-        if rotation_windows:
-            w = (*w, *rotated_window_keys(kt, width, height))
-        w = (*w, *d)
+        w = (*w, *rotated.get(row, ()), *d)
         if t is not None:
             w = (*w, next(trim_keys))
         out.append(KeyResult(h, k, None, windows=w, features=f, occlusion=tuple(o)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from curation.hash_windows import (
     inscribed_scale,
     rotated_from_thumbnail,
     rotated_window_keys,
+    rotated_window_keys_many,
+    rotated_windows_many,
+    rotation_maps,
     unrotated_extent,
 )
 from curation.hashing import hamming, resize_gray_32, robust_keys_from_pixels
@@ -145,3 +149,56 @@ def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
         assert min(hamming(a, b) for a in original for b in covered) <= 3  # the top bands stay
         key_moves.append(hamming(_key(image), _key(copy)))
     assert max(key_moves) > 6  # while the band moves the whole key on some photos
+
+
+def _grid_map_reference(size, thumb, angle, box):
+    """The per-window map in plain Python floats, as it was computed before rotation_maps batched it."""
+    (w, h), (bw, bh) = size, box
+    a = math.radians(angle)
+    c, s = math.cos(a), math.sin(a)
+    sx, sy = thumb / w, thumb / h
+    du, dv = bw / 32, bh / 32
+    x0, y0 = -bw / 2 + du / 2, -bh / 2 + dv / 2
+    return [
+        [sx * c * du, sx * s * dv, sx * (c * x0 + s * y0 + w / 2) - 0.5],
+        [-sy * s * du, sy * c * dv, sy * (-s * x0 + c * y0 + h / 2) - 0.5],
+    ]
+
+
+def _maps_reference(w, h):
+    out = []
+    for a in ROTATION_ANGLES:
+        for signed in (a, -a):
+            r = math.radians(abs(signed))
+            scale = 1.0 / (math.cos(r) + math.sin(r) * max(w / h, h / w))
+            crop = _grid_map_reference((w, h), 32, signed, (w * scale, h * scale))
+            extent = unrotated_extent(w, h, signed)
+            out += [crop, crop if extent is None else _grid_map_reference((w, h), 32, -signed, extent)]
+    return np.array(out)
+
+
+def _sizes_and_thumbs(count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sizes = [(1, 1), (1, 4000), (4000, 3), (100, 100), (640, 480), (32, 32)] + [tuple(int(v) for v in rng.integers(5, 5000, 2)) for _ in range(count)]
+    return sizes, rng.integers(0, 256, (len(sizes), 32, 32), np.uint8)
+
+
+def test_batched_rotation_maps_equal_the_per_window_maps():
+    sizes, _ = _sizes_and_thumbs(40)
+    maps = rotation_maps(sizes)
+    for (w, h), m in zip(sizes, maps):
+        assert np.array_equal(m, _maps_reference(w, h))
+
+
+def test_batched_rotated_windows_equal_one_warp_affine_per_window():
+    sizes, thumbs = _sizes_and_thumbs(200)
+    photos = [photo_image(i) for i in range(4)]
+    sizes += [p.size for p in photos]
+    thumbs = np.concatenate([thumbs, np.stack([_thumb(p)[0] for p in photos])])
+    windows = rotated_windows_many(thumbs, sizes)
+    for t, (w, h), got in zip(thumbs, sizes, windows):
+        assert np.array_equal(got, rotated_from_thumbnail(t, w, h))
+    keys = rotated_window_keys_many(thumbs, sizes)
+    assert keys == [tuple(robust_keys_from_pixels(w)) for w in windows]
+    assert keys[-1] == rotated_window_keys(thumbs[-1], *sizes[-1])
+    assert rotated_window_keys_many(np.zeros((0, 32, 32), np.uint8), []) == []

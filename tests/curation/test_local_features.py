@@ -12,10 +12,13 @@ from curation.local_features import (
     FEATURES_MAX,
     FEATURES_SIDE,
     THUMB_SIDE,
+    FeatureParams,
     LocalFeatures,
+    _orb,
     features_from_gray,
     pack_features,
     small_gray,
+    spread,
     unpack_features,
 )
 from tests.conftest import photo_files
@@ -84,3 +87,40 @@ def test_a_blob_that_is_neither_layout_is_an_error():
 
     with pytest.raises(ValueError, match="not packed local features"):
         unpack_features(b"\x01\x02\x03\x04\x05")
+
+
+def _spread_reference(keypoints, shape, grid, total):
+    """The per-keypoint loop spread() replaced (kept here to pin its choice and order)."""
+    h, w = shape
+    per_cell = max(1, total // (grid * grid))
+    order = np.argsort(np.array([-k.response for k in keypoints]), kind="stable")
+    cell = [min(grid - 1, int(keypoints[i].pt[1] * grid / h)) * grid + min(grid - 1, int(keypoints[i].pt[0] * grid / w)) for i in order]
+    taken: dict[int, int] = {}
+    chosen, rest = [], []
+    for i, c in zip(order, cell):
+        if taken.get(c, 0) < per_cell:
+            taken[c] = taken.get(c, 0) + 1
+            chosen.append(i)
+        else:
+            rest.append(i)
+    chosen += rest[: max(0, total - len(chosen))]
+    return [keypoints[i] for i in chosen]
+
+
+def test_spread_chooses_the_reference_loops_keypoints_in_its_order():
+    import cv2
+
+    params = FeatureParams()
+    orb = _orb(params)
+    for _, data in photo_files(12):
+        small = small_gray(np.asarray(Image.open(io.BytesIO(data)).convert("L")))
+        found = orb.detect(small, None)
+        for grid, total in ((params.grid, params.max_features), (3, 20), (4, 400), (1, 7)):
+            assert [id(k) for k in spread(found, small.shape, grid, total)] == [id(k) for k in _spread_reference(found, small.shape, grid, total)]
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 50, 300):  # ties in response, points on the cell edges and the far border
+        xy = rng.choice([0.0, 15.5, 16.0, 31.999, 32.0, 63.0, 64.0], size=(n, 2)) + rng.integers(0, 2, (n, 2)) * rng.random((n, 2))
+        keypoints = [cv2.KeyPoint(float(x), float(y), 7.0, -1, float(r)) for (x, y), r in zip(xy, rng.integers(0, 4, n) / 4)]
+        for grid, total in ((4, 96), (4, 8), (2, 3)):
+            assert [id(k) for k in spread(keypoints, (64, 64), grid, total)] == [id(k) for k in _spread_reference(keypoints, (64, 64), grid, total)]
+    assert spread([], (64, 64), 4, 96) == []

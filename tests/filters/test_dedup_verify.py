@@ -95,6 +95,38 @@ def test_keys_many_adds_the_window_keys_and_features_only_when_asked():
     assert len(unpack_features(full.features).xy) > 20
 
 
+def test_keys_many_batches_the_rotated_windows_of_the_keyed_rows_only():
+    import numpy as np
+
+    from curation.hash_windows import rotated_window_keys
+    from curation.hashing import resize_gray_32
+
+    photos = [data for _, data in photo_files(3)]
+    flat = io.BytesIO()
+    Image.new("L", (300, 200), 128).save(flat, "PNG")
+    got = keys_many([photos[0], None, flat.getvalue(), photos[1], b"junk", photos[2]], rotation_windows=True)
+    assert got[1].phash is None and got[2].key is None and got[4].phash is None
+    for data, r in zip(photos, (got[0], got[3], got[5])):
+        image = Image.open(io.BytesIO(data))
+        expected = rotated_window_keys(resize_gray_32(np.asarray(image.convert("L"))), *image.size)
+        assert r.windows[20:] == expected
+
+
+def test_an_alpha_image_s_features_are_those_of_its_composited_gray():
+    import numpy as np
+
+    from curation.local_features import features_from_gray, pack_features
+    from curation.robust_key import composited_gray
+
+    _, data = photo_files(1)[0]
+    rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 4, 3] = 0
+    png = io.BytesIO()
+    Image.fromarray(rgba).save(png, "PNG")
+    got = keys_many([png.getvalue()], local_features=True)[0]
+    assert got.features == pack_features(features_from_gray(composited_gray(Image.open(io.BytesIO(png.getvalue())))[0]))
+
+
 def test_a_verified_link_s_detail_names_the_verdict():
     assert link_detail("u1", "robust", 7, True, 5, False, 23, 9) == "u1 robust-window distance=7 verified inliers=23 cells=9 to 0000000000000005"
     assert link_detail("u1", "robust", 2, False, 5, False, None, None) == "u1 robust distance=2 to 0000000000000005"
