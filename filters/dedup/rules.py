@@ -39,7 +39,7 @@ class DedupRules:
     verify_min_inliers: int = 10  # keypoint matches that agree on one similarity transform
     verify_min_cells: int = 7  # of the 4x4 cells of each picture, those holding an agreeing keypoint
     verify_photometric: bool = True  # with verify: a pair failing the cells rule verifies by its pixels (tiny copies)
-    verify_min_agreement: float = 0.7  # of the textured pixel blocks over the shared part, both directions
+    verify_min_agreement: float = 0.55  # of the textured pixel blocks over the shared part, both directions
 
     def __post_init__(self) -> None:
         if self.key not in DEDUP_KEYS:
