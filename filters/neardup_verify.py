@@ -56,7 +56,7 @@ class VerifyRules:
     max_scale_ratio: float = 8.0  # the transform's scale within 1/this .. this
     photometric: bool = True  # verify by the pixels when the keypoints' cells rule fails (module doc)
     min_photometric_inliers: int = 6
-    min_agreement: float = 0.55  # of the textured blocks over the shared part, both directions (bench: 0.5-0.8 all give the same false links between different photos)
+    min_agreement: float = 0.55  # of the textured blocks over the shared part, both directions (bench/neardup_quality.py's sweep)
     min_overlap: float = 0.1  # the shared part's share of each picture (in whole blocks)
 
 
