@@ -138,6 +138,8 @@ def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "unifo
                 pa.array(list(_base_hashes(rng, n * windows, keys, noise).reshape(n, windows)), pa.list_(pa.int64()))
                 if windows else pa.nulls(n, pa.list_(pa.int64()))
             ),
+            "features": pa.nulls(n, pa.binary()),  # [dedup.rules] verify off: no keypoints, no occlusion windows
+            "occlusion": pa.nulls(n, pa.list_(pa.int64())),
         },
         schema=KEYS.arrow_schema(),
     )
