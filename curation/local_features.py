@@ -25,7 +25,7 @@ mirrored copies are left to the 64-bit key (dihedral-invariant), which links the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,6 +65,10 @@ class FeatureParams:
     levels: int = 4
     grid: int = 4  # keypoints spread over grid x grid cells, max_features / grid**2 strongest per cell
     detect: int = 400  # keypoints detected before the spread selection
+    # a low-texture picture (a micrograph, a flat illustration) gives few FAST corners at fast_threshold:
+    # with fewer than retry_below of them, detect again at retry_fast_threshold (0: never)
+    retry_below: int = 48
+    retry_fast_threshold: int = 4
 
 
 def small_gray(gray: np.ndarray, side: int = FEATURES_SIDE) -> np.ndarray:
@@ -106,6 +110,10 @@ def features_from_gray(gray: np.ndarray, params: FeatureParams = FeatureParams()
         return EMPTY
     orb = _orb(params)
     found = orb.detect(small, None)
+    if len(found) < params.retry_below:
+        params = replace(params, fast_threshold=params.retry_fast_threshold, retry_below=0)
+        orb = _orb(params)
+        found = orb.detect(small, None)
     if not found:
         return EMPTY
     chosen = spread(found, small.shape, params.grid, params.max_features)

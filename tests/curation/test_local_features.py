@@ -124,3 +124,20 @@ def test_spread_chooses_the_reference_loops_keypoints_in_its_order():
         for grid, total in ((4, 96), (4, 8), (2, 3)):
             assert [id(k) for k in spread(keypoints, (64, 64), grid, total)] == [id(k) for k in _spread_reference(keypoints, (64, 64), grid, total)]
     assert spread([], (64, 64), 4, 96) == []
+
+
+def test_a_low_texture_picture_is_detected_again_at_a_lower_fast_threshold():
+    from dataclasses import replace
+
+    from curation.local_features import FeatureParams
+    from tests.conftest import shared
+
+    shared("images", "photos")  # the real photo's texture (generated pictures at this contrast have no corners at all)
+    gray = _gray(0).astype(np.float64)
+    faint = np.clip(gray * 0.12 + 110, 0, 255).astype(np.uint8)  # the same photo at an eighth of its contrast
+    once = features_from_gray(faint, replace(FeatureParams(), retry_below=0))
+    assert len(once) < FeatureParams().retry_below  # few corners at the usual threshold
+    again = features_from_gray(faint)
+    assert len(again) == FEATURES_MAX
+    # a textured photo never needs the second detection: the same keypoints either way
+    np.testing.assert_array_equal(features_from_gray(_gray(1)).xy, features_from_gray(_gray(1), replace(FeatureParams(), retry_below=0)).xy)
