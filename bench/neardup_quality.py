@@ -39,7 +39,7 @@ is linked when one key is within k of the other key or of one of its window keys
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
 and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``):
 ``rot`` (the stage's keys plus 40 rotated window keys, curation.hash_windows, at k), ``rot+deep`` (plus ~97
-deep aspect windows: crops to common aspect ratios), ``occlusion`` (12 occlusion windows matched window against window, at k),
+deep aspect windows: crops to common aspect ratios), ``occlusion`` (12 occlusion windows and 3 masked centres matched window against window, at k),
 ``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
 candidate_distance linked only when their ORB keypoints agree on one similarity transform:
 filters/neardup_verify.py: keypoints in enough cells of each picture, or, failing that, the pixels of the

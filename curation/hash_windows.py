@@ -285,13 +285,36 @@ def _band_matrices(bands: tuple[tuple[int, float], ...], places: tuple[float, ..
 # bottom band, without its left or right side. So these windows (one axis whole, OCCLUSION_LENGTHS of
 # the other, at its start and end: 2 x 3 x 2 = 12) are matched window against window (any of one row's
 # with any of the other's), unlike the other windows, which are matched against the other row's key.
+# An edit inside the picture leaves no such window clean: the picture with a centred square of
+# MASKED_CENTRES of each side painted over with its mean gray (3 more keys, matched the same way) is
+# what a copy edited there and its original still share.
 OCCLUSION_LENGTHS = (0.8, 0.7, 0.55)
+MASKED_CENTRES = (0.3, 0.45, 0.6)
 
 
 _OCCLUSION = _band_matrices(tuple((axis, length) for axis in (0, 1) for length in OCCLUSION_LENGTHS), (0.0, 1.0))
 _OCCLUSION_LOW = (DCT_LOW @ _OCCLUSION[0], DCT_LOW @ _OCCLUSION[1])
 
 
+def masked_centres(thumbs: np.ndarray) -> np.ndarray:
+    """(N, len(MASKED_CENTRES), 32, 32) float: each thumbnail with a centred square of each of MASKED_CENTRES
+    of its side (whole pixels, symmetric) set to the thumbnail's mean."""
+    p = np.asarray(thumbs, np.float64)
+    out = np.repeat(p[:, None], len(MASKED_CENTRES), axis=1)
+    mean = p.reshape(len(p), -1).mean(axis=1)
+    for j, fraction in enumerate(MASKED_CENTRES):
+        lo = round(IMG_SIZE * (1 - fraction) / 2)
+        out[:, j, lo : IMG_SIZE - lo, lo : IMG_SIZE - lo] = mean[:, None, None]
+    return out
+
+
 def occlusion_keys(thumbs: np.ndarray) -> list[tuple[str, ...]]:
-    """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first)."""
-    return window_keys(thumbs, *_OCCLUSION_LOW)
+    """Robust keys (16 hex) of each (N, 32, 32) thumbnail's 12 occlusion windows (rows bands first), then
+    of its len(MASKED_CENTRES) masked centres."""
+    bands = window_keys(thumbs, *_OCCLUSION_LOW)
+    if len(bands) == 0:
+        return bands
+    masked = masked_centres(thumbs)
+    keys = robust_keys_from_pixels(masked.reshape(-1, IMG_SIZE, IMG_SIZE))
+    m = len(MASKED_CENTRES)
+    return [(*b, *keys[i * m : (i + 1) * m]) for i, b in enumerate(bands)]

@@ -27,7 +27,7 @@ from curation.hash_windows import (
     unrotated_extent,
 )
 from curation.hashing import hamming, resize_gray_32, robust_keys_from_pixels
-from tests.conftest import photo_image
+from tests.conftest import photo_image, shared
 
 
 def _key(image: Image.Image) -> str:
@@ -136,7 +136,7 @@ def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
 def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
     from PIL import ImageDraw
 
-    from curation.hash_windows import OCCLUSION_LENGTHS, occlusion_keys
+    from curation.hash_windows import MASKED_CENTRES, OCCLUSION_LENGTHS, occlusion_keys
 
     key_moves = []
     for i in range(6):
@@ -145,10 +145,33 @@ def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
         w, h = copy.size
         ImageDraw.Draw(copy).rectangle((0, int(h * 0.75), w, h), fill=(220, 30, 40))
         original, covered = occlusion_keys(np.stack([_thumb(image)[0], _thumb(copy)[0]]))
-        assert len(original) == 2 * 2 * len(OCCLUSION_LENGTHS)
+        assert len(original) == 2 * 2 * len(OCCLUSION_LENGTHS) + len(MASKED_CENTRES)
         assert min(hamming(a, b) for a in original for b in covered) <= 3  # the top bands stay
         key_moves.append(hamming(_key(image), _key(copy)))
     assert max(key_moves) > 6  # while the band moves the whole key on some photos
+
+
+def test_masked_centres_of_a_copy_with_a_sticker_in_the_middle_match_the_originals():
+    from PIL import ImageDraw
+
+    from curation.hash_windows import MASKED_CENTRES, masked_centres, occlusion_keys
+
+    thumbs = np.random.default_rng(1).integers(0, 256, (2, 32, 32)).astype(np.uint8)
+    masked = masked_centres(thumbs)
+    assert masked.shape == (2, len(MASKED_CENTRES), 32, 32)
+    assert [int((masked[0, j] != thumbs[0]).sum()) for j in range(len(MASKED_CENTRES))] == [100, 196, 400]  # 10, 14, 20 px squares
+    shared("images", "photos")  # the figures below are those of the real photos
+    for i in range(6):
+        image = photo_image(i)
+        w, h = image.size
+        copy = image.copy()  # a yellow disc over ~11 % of the picture, in its middle
+        ImageDraw.Draw(copy).ellipse((int(w * 0.3), int(h * 0.32), int(w * 0.7), int(h * 0.68)), fill=(250, 200, 0))
+        original, edited = occlusion_keys(np.stack([_thumb(image)[0], _thumb(copy)[0]]))
+        centres = min(hamming(a, b) for a, b in zip(original[-len(MASKED_CENTRES):], edited[-len(MASKED_CENTRES):]))
+        assert centres <= 2
+        if i in (0, 3):  # here the whole key and every side band moved by 10 or more bits
+            assert hamming(_key(image), _key(copy)) >= 10
+            assert min(hamming(a, b) for a in original[:12] for b in edited[:12]) >= 10
 
 
 def _grid_map_reference(size, thumb, angle, box):

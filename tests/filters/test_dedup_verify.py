@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from curation.hashing import keys_many
-from curation.hash_windows import ROTATION_ANGLES, deep_lengths, deep_places
+from curation.hash_windows import MASKED_CENTRES, ROTATION_ANGLES, deep_lengths, deep_places
 from curation.local_features import unpack_features
 from curation.stages.dedup import hash_images, keys_table
 from filters.dedup import DedupConfigError, DedupRules, decide, link_detail
@@ -91,7 +91,7 @@ def test_keys_many_adds_the_window_keys_and_features_only_when_asked():
     size = Image.open(io.BytesIO(data)).size
     deep = sum(len(deep_places(length)) for _, length in deep_lengths(*size))
     assert full.windows[: len(plain.windows)] == plain.windows and len(full.windows) == len(plain.windows) + 4 * len(ROTATION_ANGLES) + deep
-    assert len(full.occlusion) == 12
+    assert len(full.occlusion) == 12 + len(MASKED_CENTRES)
     assert len(unpack_features(full.features).xy) > 20
 
 
