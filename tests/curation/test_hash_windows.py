@@ -79,6 +79,7 @@ def test_original_window_matches_its_rotated_and_cropped_copy(angle):
 def test_filled_copy_window_matches_the_original(angle):
     # (at 24 degrees and more the picture holds ~20 of the filled copy's 32 thumbnail pixels per axis:
     # the window key then drifts to 5-7 bits on some photos; the bench measures the whole range)
+    shared("images", "photos")  # distances calibrated on the real photos (generated ones are smoother)
     image = photo_image(1)
     copy = image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
     windows = rotated_window_keys(*_thumb(copy))
@@ -107,6 +108,7 @@ def test_short_windows_get_more_places_at_most_deep_step_of_their_length_apart()
 
 @pytest.mark.parametrize("aspect, place", [(1.0, 0.3), (9 / 16, 0.8), (2.0, 0.2), (4 / 5, 0.65)])
 def test_deep_aspect_window_matches_a_crop_to_a_common_aspect_ratio(aspect, place):
+    shared("images", "photos")  # distances calibrated on the real photos
     image = photo_image(0)
     w, h = image.size
     cw, ch = (round(h * aspect), h) if aspect < w / h else (w, round(w / aspect))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from curation.local_features import EMPTY, features_from_gray
 from filters.neardup_verify import VerifyRules, block_agreement, descriptor_distances, linked, mutual_matches, verify_pair
-from tests.conftest import photo_image, sticker
+from tests.conftest import photo_image, shared, sticker
 
 
 def _features(image: Image.Image):
@@ -90,6 +90,7 @@ KEYPOINTS_ONLY = replace(VerifyRules(), photometric=False)
 def test_a_zoomed_crop_to_another_aspect_is_verified_by_its_pixels(index):
     """45 % of the width, whole height, enlarged 2x: the keypoints that agree fill too few cells of the
     original for the cells rule, the pixels over the part both show agree."""
+    shared("images", "photos")  # verdicts of these real photos (generated pictures have other keypoints)
     image = photo_image(index)
     w, h = image.size
     part = w * 45 // 100
@@ -104,6 +105,7 @@ def test_a_zoomed_crop_to_another_aspect_is_verified_by_its_pixels(index):
 
 
 def test_a_copy_rotated_onto_a_filled_canvas_is_verified_by_its_pixels():
+    shared("images", "photos")
     image = photo_image(2)
     copy = image.rotate(22, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
     verdict = verify_pair(_features(image), _features(copy))
