@@ -75,7 +75,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from curation.hash_windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys_many
 from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
-from curation.local_features import FEATURES_MAX, THUMB_SIDE, LocalFeatures, features_from_gray, pack_features
+from curation.local_features import PACKED_MAX, LocalFeatures, features_from_gray, pack_features
 from filters.dedup import plan_bands
 from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
 
@@ -685,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
         methods["rot"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra], axis=1))
         methods["rot+deep"] = KeyMethod(base.keys, base.ok, np.concatenate([base.windows, extra, deeper], axis=1))
         methods["occlusion"] = WindowWindowMethod(_as_u64(occluded, base), base.ok)
-        keys_a_row = base.windows.shape[1] + extra.shape[1] + np.mean([len(d) for d in deep])  # windows a row on average
+        deep_a_row = float(np.mean([len(d) for d in deep]))  # deep windows a row on average (their number follows the aspect)
+        keys_a_row = base.windows.shape[1] + extra.shape[1] + deep_a_row
         features = [features_from_gray(g) for g in grays]
         methods["rot+deep+verify"] = VerifiedMethod(methods["rot+deep"], features, rules, Verdicts({}))
         verified = VerifiedMethod(methods["rot+deep"], features, rules, methods["rot+deep+verify"].verdicts, methods["occlusion"], OCCLUSION_DISTANCE)
@@ -697,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             thresholds[name] = k
         thresholds["rot+deep+verify"], thresholds["verified"], thresholds["verified-keypoints"] = 0, 0, 0
         print(f"rotated windows: {extra.shape[1]} keys per image ({len(ROTATION_ANGLES)} angles x 2 signs x crop/fill); deep "
-              f"aspect windows: {np.mean([len(d) for d in deep]):.1f} a row on average, at most {deeper.shape[1]} (the lengths of crops "
+              f"aspect windows: {deep_a_row:.1f} a row on average, at most {deeper.shape[1]} (the lengths of crops "
               f"to {len(TARGET_ASPECTS)} common aspect ratios that keep {DEEP_MIN_LENGTH}..{DEEP_MAX_LENGTH} of an axis, places <= {DEEP_STEP} "
               f"of the window apart); "
               f"verified: keys within {rules.link_distance} linked, within {rules.candidate_distance} when ORB verifies "
@@ -802,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage keys + new windows + ORB = {t_new / t_plain:.2f}x pHash "
               f"(target <= {TARGET_COST}); verification {1e3 * verified.verdicts.seconds / max(1, len(verified.verdicts.by_pair)):.3f} ms "
               f"per pair ({len(verified.verdicts.by_pair):,} pairs); storage per row: {stored:.0f} bytes of features: keypoints + tiny copy (at most "
-              f"{3 + 8 + 36 * FEATURES_MAX + THUMB_SIDE ** 2}) + {8 * (extra.shape[1] + np.mean([len(d) for d in deep]) + len(occluded[0])):.0f} bytes of rotated + deep + occlusion window keys (average)")
+              f"{PACKED_MAX}) + {8 * (extra.shape[1] + deep_a_row + len(occluded[0])):.0f} bytes of rotated + deep + occlusion window keys (average)")
         recall_v, precision_v, _ = _recall_precision(dp["verified"], dn["verified"], 0)
         hard_v = all((dp["verified"][plabel == c] <= 0).mean() >= TARGET_CLASS_RECALL for c in HARD_CLASSES)
         met = recall_v >= TARGET_RECALL and precision_v >= TARGET_PRECISION and hard_v and t_new / t_plain <= TARGET_COST

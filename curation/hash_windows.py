@@ -194,11 +194,11 @@ def rotated_window_keys_many(thumbs, sizes, angles: tuple[float, ...] = ROTATION
 # that the two ratios fix (a 4:3 photo cropped to 1:1 keeps 75 % of its width, to 9:16 42 %), anywhere
 # along it; curation.hashing's aspect windows stop at 60 % and sit at the start, centre or end only. So
 # each picture gets, for each common aspect ratio of TARGET_ASPECTS whose largest crop keeps less than
-# DEEP_MAX_LENGTH of an axis (and at least DEEP_MIN_LENGTH), windows of exactly that length, evenly spaced over the free range at most
-# DEEP_STEP of the window's own length apart (the offset of a crop is anyone's choice, and a window key
-# holds for a few per cent of shift only: short windows need more places), resampled from the 32x32
-# thumbnail like the rotated ones. A 4:3 picture gets 8 lengths, 96 keys; a 1:1 one 8 lengths, 78 keys; a 2:1
-# one 6 lengths (down to DEEP_MIN_LENGTH), 79 keys.
+# DEEP_MAX_LENGTH of an axis (and at least DEEP_MIN_LENGTH), windows of exactly that length, evenly spaced
+# over the free range at most DEEP_STEP of the window's own length apart (the offset of a crop is anyone's
+# choice, and a window key holds for a few per cent of shift only: short windows need more places),
+# resampled from the 32x32 thumbnail like the rotated ones. A 4:3 picture gets 8 lengths, 96 keys; a 1:1
+# one 8 lengths, 78 keys; a 2:1 one 7 lengths (down to DEEP_MIN_LENGTH), 106 keys.
 # Crops to other ratios fall between lengths: the nearer ones still match.
 TARGET_ASPECTS = (1.0, 5 / 4, 4 / 5, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9, 9 / 16, 2.0, 1 / 2)  # width / height
 DEEP_MAX_LENGTH = 0.8

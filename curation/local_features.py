@@ -36,6 +36,8 @@ RECORD_BYTES = 4 + DESCRIPTOR_BYTES  # x, y as uint16 + the descriptor
 THUMB_SIDE = 64  # longer side of the tiny grayscale copy kept for the pixel comparison
 PACK_MAGIC = b"LF2"  # pack_features' header: magic, small copy (w, h), keypoints n, tiny copy (w, h)
 _HEADER = np.dtype([("w", "<u2"), ("h", "<u2"), ("n", "<u2"), ("tw", "u1"), ("th", "u1")])
+_START = len(PACK_MAGIC) + _HEADER.itemsize  # where the keypoint records begin
+PACKED_MAX = _START + FEATURES_MAX * RECORD_BYTES + THUMB_SIDE**2  # bytes of pack_features at most
 
 
 @dataclass(frozen=True)
@@ -166,10 +168,10 @@ def unpack_features(blob: bytes | None) -> LocalFeatures:
     without ``thumb``, and such a pair is verified by its keypoints alone."""
     if not blob or len(blob) < 4:
         return EMPTY
-    if blob[:3] == PACK_MAGIC and len(blob) >= 3 + _HEADER.itemsize:
-        head = np.frombuffer(blob[3 : 3 + _HEADER.itemsize], _HEADER)[0]
+    if blob.startswith(PACK_MAGIC) and len(blob) >= _START:
+        head = np.frombuffer(blob[len(PACK_MAGIC) : _START], _HEADER)[0]
         n, tw, th = int(head["n"]), int(head["tw"]), int(head["th"])
-        start = 3 + _HEADER.itemsize
+        start = _START
         if len(blob) == start + n * RECORD_BYTES + tw * th:
             rec = np.frombuffer(blob[start : start + n * RECORD_BYTES], np.uint8).reshape(-1, RECORD_BYTES)
             pixels = np.frombuffer(blob[start + n * RECORD_BYTES :], np.uint8).reshape(th, tw) if tw * th else None

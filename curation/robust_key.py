@@ -267,10 +267,11 @@ def keys_many(
 ) -> list[KeyResult]:
     """pHash (as phash_many) and the robust dedup key of each encoded image, from one decode each; the
     window keys are, in this order, the crop windows' (20), the aspect windows' with ``aspect_windows``
-    (36), the rotated windows' with ``rotation_windows`` (28, curation.hash_windows), the deep aspect
-    windows' with ``deep_windows`` (88 for a 4:3 or 1:1 picture: their number follows its aspect ratio), and last, with ``trim_borders``, the key of the picture inside
-    letterbox / pillarbox bars when it has some. ``occlusion_windows`` fills ``occlusion`` (12 keys,
-    matched window against window), ``local_features`` fills ``features`` (packed ORB keypoints)."""
+    (36), the rotated windows' with ``rotation_windows`` (40, curation.hash_windows), the deep aspect
+    windows' with ``deep_windows`` (their number follows the aspect ratio: 96 for a 4:3 picture), and
+    last, with ``trim_borders``, the key of the picture inside letterbox / pillarbox bars when it has
+    some. ``occlusion_windows`` fills ``occlusion`` (12 band windows and 3 masked centres, matched window
+    against window), ``local_features`` fills ``features`` (packed ORB keypoints and a 64 px copy)."""
     mode = PhashMode(mode)
     thumbs, key_thumbs, blanks, trimmed, sizes, features = [], [], [], [], [], []
     results: list[KeyResult | None] = []

@@ -40,7 +40,8 @@ def needs_verdict(distance: int, occlusion: bool, rules: DedupRules) -> bool:
 
 def verify_links(candidates: pa.Table, rules: DedupRules) -> pa.Table:
     """VERIFIED_LINKS rows of the candidate links that the linking rule keeps: key distance within
-    ``verify_link_distance`` (inliers, cells null), or verified (inliers, cells: the verdict). Input:
+    ``verify_link_distance`` (inliers, cells, agreement null), or verified (inliers, cells, and agreement when
+    the pixels verified it: the verdict). Input:
     CANDIDATE_LINKS rows (a, b, distance, window, occluded, features_a, features_b); an end without
     features (a row hashed with verify off) never verifies."""
     vr = verify_rules(rules)
@@ -50,10 +51,11 @@ def verify_links(candidates: pa.Table, rules: DedupRules) -> pa.Table:
         v = None
         if needs_verdict(d, occ, rules) and fa and fb:
             v = verify_pair(unpack_features(fa), unpack_features(fb), vr)
-        keep.append(not needs_verdict(d, occ, rules) or (v is not None and v.verified(vr)))
+        verified = v is not None and v.verified(vr)
+        keep.append(not needs_verdict(d, occ, rules) or verified)
         inliers.append(v.inliers if v else None)
         cells.append(v.cells if v else None)
-        agreement.append(v.agreement if v and v.verified(vr) and v.agreement is not None else None)
+        agreement.append(v.agreement if verified else None)
     out = candidates.select(["a", "b", "distance", "window", "occluded"])
     out = out.append_column("inliers", pa.array(inliers, pa.int32())).append_column("cells", pa.array(cells, pa.int32()))
     out = out.append_column("agreement", pa.array(agreement, pa.float32()))
