@@ -12,7 +12,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from filters.dedup import CANDIDATE_LINKS, CANDIDATE_LINKS_SCHEMA, VERIFIED_LINKS, DedupRules, verify_links
+from filters.dedup import CANDIDATE_LINKS, CANDIDATE_LINKS_SCHEMA, VERDICT_COLUMNS, VERIFIED_LINKS, DedupRules, verify_links
 from jobs.dedup_bands import banded_pairs
 
 
@@ -42,13 +42,22 @@ def occlusion_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tup
 
 
 def verified_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
-    """VERIFIED_LINKS: the links that filters.dedup.verify_links keeps (keypoints of both ends joined by key:
-    after the exact steps, one row per key)."""
+    """VERIFIED_LINKS: the links that filters.dedup.verify_links keeps. Only the links that need a verdict
+    (filters.dedup.needs_verdict: an occlusion candidate, or keys farther apart than verify_link_distance)
+    get the keypoints of both ends joined on (by key: after the exact steps, one row per key) and go
+    through verify_links; the others are linked as they are, with null verdict columns, as verify_links
+    would (a few KB of keypoints per end are not shuffled for them)."""
     if "occluded" not in links.columns:
         links = links.withColumn("occluded", F.lit(False))
+    needs = F.col("occluded") | (F.col("distance") > F.lit(rules.verify_link_distance))  # = needs_verdict
+    direct = links.where(~needs).select(
+        "a", "b", "distance", "window", "occluded",
+        *[F.lit(None).cast(VERIFIED_LINKS.spark_schema()[c].dataType).alias(c) for c in VERDICT_COLUMNS],
+    )
+    pending = links.where(needs)
     features = keys.select(F.col("phash").alias("k"), "features")
     for end in ("a", "b"):
-        links = links.join(features.select(F.col("k").alias(end), F.col("features").alias(f"features_{end}")), end, "left")
-    verified = links.select(*CANDIDATE_LINKS.names).mapInArrow(partial(_verify_partition, rules=rules), VERIFIED_LINKS.spark_schema())
-    verified = verified.localCheckpoint()
-    return verified, {"candidates": links.count(), "pairs": verified.count()}
+        pending = pending.join(features.select(F.col("k").alias(end), F.col("features").alias(f"features_{end}")), end, "left")
+    checked = pending.select(*CANDIDATE_LINKS.names).mapInArrow(partial(_verify_partition, rules=rules), VERIFIED_LINKS.spark_schema())
+    verified = direct.select(*VERIFIED_LINKS.names).unionByName(checked).localCheckpoint()
+    return verified, {"candidates": links.count(), "pairs_checked": pending.count(), "pairs": verified.count()}
