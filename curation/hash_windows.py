@@ -227,16 +227,26 @@ def deep_lengths(width: float, height: float) -> tuple[tuple[int, float], ...]:
     return tuple(out)
 
 
+# The matrices are cached per band (axis, length): pictures of every size share them (lengths are rounded
+# to 1/100 of DEEP_MIN_LENGTH..DEEP_MAX_LENGTH: at most 2 x 51 bands), and a length set new to the process
+# (one per aspect ratio, to 1/100) only concatenates cached parts. Cached per set instead, images of many
+# sizes rebuilt ~100 window matrices each (~14 ms a picture, more than all its other keys).
+@lru_cache(maxsize=None)
+def _deep_band(band: tuple[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rows, cols = _band_matrices((band,), deep_places(band[1]))
+    return rows, cols, DCT_LOW @ rows, DCT_LOW @ cols  # low parts (W, 8, 32): the window's low DCT block directly
+
+
 @lru_cache(maxsize=512)
 def _deep_matrices(lengths: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
-    parts = [_band_matrices((band,), deep_places(band[1])) for band in lengths]
-    return np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts])
+    parts = [_deep_band(band) for band in lengths]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @lru_cache(maxsize=512)
 def _deep_low(lengths: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
-    rows, cols = _deep_matrices(lengths)
-    return DCT_LOW @ rows, DCT_LOW @ cols  # (W, 8, 32) each: the window's low DCT block directly
+    parts = [_deep_band(band) for band in lengths]
+    return np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
 
 
 def deep_aspect_thumbnails(thumb: np.ndarray, width: float, height: float) -> np.ndarray:

@@ -135,6 +135,27 @@ def test_deep_aspect_keys_equal_the_keys_of_the_window_pixels():
     assert sum(a == b for a, b in pairs) >= 0.97 * len(pairs)
 
 
+def test_deep_window_matrices_are_shared_by_pictures_of_every_size():
+    """Web images come in many sizes: the deep windows' matrices are cached per band (axis, length), so 300
+    different sizes build at most 2 x 51 of them, and each picture's windows are still those of its own
+    lengths (the batched keys equal those of its windows' pixels, computed one picture at a time)."""
+    from curation import hash_windows
+
+    rng = np.random.default_rng(7)
+    sizes = [(int(rng.integers(120, 2400)), int(rng.integers(120, 2400))) for _ in range(300)]
+    thumbs = rng.integers(0, 256, (len(sizes), 32, 32)).astype(np.uint8)
+    hash_windows._deep_band.cache_clear()
+    got = deep_aspect_keys(thumbs, sizes)
+    bands = {band for w, h in sizes for band in deep_lengths(w, h)}
+    assert hash_windows._deep_band.cache_info().currsize == len(bands) <= 2 * 51
+    assert len({deep_lengths(w, h) for w, h in sizes}) > len(bands)  # more length sets than bands: shared
+    for i in range(0, len(sizes), 37):
+        w, h = sizes[i]
+        expected = robust_keys_from_pixels(deep_aspect_thumbnails(thumbs[i], w, h))
+        assert len(got[i]) == len(expected)
+        assert sum(a == b for a, b in zip(expected, got[i])) >= 0.97 * len(expected)  # median ties aside
+
+
 def test_occlusion_windows_of_a_copy_with_a_caption_band_match_the_originals():
     from PIL import ImageDraw
 

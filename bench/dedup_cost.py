@@ -1,0 +1,159 @@
+"""Cost per image of the dedup stage's hashing, as the stage runs it (curation.stages.dedup.hash_images),
+under three rule sets, against plain pHash (curation.hashing.phash_many, exact), on production-shaped
+images: bench/phash.py's photo-like JPEGs (crops of the real photos of ../shared/data/images/photos at
+400-1600 px on the longer side, varied encodings; generated and cached in bench/out/ on first use).
+
+Rule sets (``[dedup.rules]``):
+
+- ``sample``: configs/sample.toml's (robust key, crop + aspect windows, trimmed key);
+- ``verified``: that plus issue 19's options as the README gives them (``max_distance = 10``,
+  ``rotation_windows``, ``deep_windows``, ``verify``: ORB keypoints + 64 px copy, ``occlusion_windows``);
+- ``verified-no-keypoints``: the same windows without the keypoints, to show what they cost.
+
+Reported: CPU ms per image in this process (BLAS held to one thread, as the stage does) and the ratio to
+plain pHash; then, with ``--processes N`` (default 2), the wall time of N processes hashing the same
+``--parallel-images`` at once per method (what Spark's Python workers on N cores do), and its ratio.
+bench/neardup_quality.py measures the same options on its quality set (102-800 px pictures, where a
+decode is cheaper and the fixed per-image work weighs more).
+
+    python bench/dedup_cost.py [--images 600] [--processes 2] [--json out.json]
+
+The issue 19 target is cost <= 1.5x plain pHash (printed for each rule set; no exit code, this is a
+measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from curation.hashing import PhashMode, phash_many  # noqa: E402
+from curation.stages.dedup import hash_images  # noqa: E402
+from filters.dedup import DedupRules  # noqa: E402
+from phash import cached_images  # noqa: E402
+
+TARGET_COST = 1.5
+BATCH = 256  # images per call, as hash_batch_rows
+
+
+def sample_rules() -> DedupRules:
+    with open(REPO / "configs" / "sample.toml", "rb") as fh:
+        return DedupRules(**tomllib.load(fh)["dedup"]["rules"])
+
+
+def rule_sets() -> dict[str, DedupRules]:
+    sample = sample_rules()
+    verified = replace(sample, key="robust", max_distance=10, rotation_windows=True, deep_windows=True, verify=True,
+                       occlusion_windows=True)
+    windows_only = replace(verified, verify=False, occlusion_windows=False)
+    return {"sample": sample, "verified": verified, "verified-no-keypoints": windows_only}
+
+
+def methods() -> dict[str, object]:
+    sets = rule_sets()
+    out: dict[str, object] = {"phash": lambda images: [r.phash for i in range(0, len(images), BATCH)
+                                                        for r in phash_many(images[i : i + BATCH], PhashMode.EXACT)]}
+    for name, rules in sets.items():
+        out[name] = lambda images, rules=rules: hash_images(_as_arrow(images), replace(rules, hash_batch_rows=BATCH))
+    return out
+
+
+def _as_arrow(images: list[bytes]):
+    import pyarrow as pa
+
+    return pa.array(images, pa.binary())
+
+
+def _cpu(fn, images: list[bytes], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        fn(images)
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def _worker(method: str, n: int, seed: int, count: int) -> int:
+    images = cached_images(n, seed)[0][:count]
+    fn = methods()[method]
+    fn(images[:8])  # imports, caches, OpenCV's ORB objects outside the timing
+    start = time.perf_counter()
+    fn(images)
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+    return 0
+
+
+def parallel(method: str, processes: int, n: int, seed: int, count: int) -> float:
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--worker", method, "--images", str(n), "--seed", str(seed),
+                          "--parallel-images", str(count)], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["seconds"] for p in procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=600, help="photo-like JPEGs timed in this process")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many CPU-time runs")
+    ap.add_argument("--processes", type=int, default=2, help="also time this many processes at once (0: skip)")
+    ap.add_argument("--parallel-images", type=int, default=300, help="images each parallel process hashes")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker(args.worker, args.images, args.seed, args.parallel_images)
+    import cv2
+
+    cv2.setNumThreads(1)
+    from PIL import Image
+    import io
+
+    images, origin = cached_images(args.images, args.seed)
+    sizes = [Image.open(io.BytesIO(d)).size for d in images]
+    print(f"{len(images)} JPEGs from {origin}: longer side {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px, "
+          f"{sum(w * h for w, h in sizes) / len(sizes) / 1e6:.2f} MP average, {len(set(sizes))} different sizes")
+    fns = methods()
+    for fn in fns.values():
+        fn(images[:8])  # warm
+    cpu = {name: _cpu(fn, images, args.repeats) / len(images) for name, fn in fns.items()}
+    figures: dict[str, object] = {"images": len(images), "origin": origin, "ms_per_image": {}, "ratio": {}}
+    print("\n| rule set | CPU ms per image (one core) | x plain pHash |\n|---|---|---|")
+    for name, seconds in cpu.items():
+        ratio = seconds / cpu["phash"]
+        figures["ms_per_image"][name] = round(1e3 * seconds, 3)
+        figures["ratio"][name] = round(ratio, 3)
+        print(f"| {name} | {1e3 * seconds:.2f} | {ratio:.2f} |")
+    if args.processes:
+        wall = {name: parallel(name, args.processes, args.images, args.seed, args.parallel_images) for name in fns}
+        figures["parallel"] = {"processes": args.processes, "images_each": args.parallel_images,
+                               "wall_s": {k: round(v, 2) for k, v in wall.items()}}
+        print(f"\n{args.processes} processes at once, {args.parallel_images} images each (wall time of the slowest):")
+        for name, seconds in wall.items():
+            print(f"  {name}: {seconds:.2f} s ({seconds / wall['phash']:.2f}x plain pHash)")
+    for name in rule_sets():
+        print(f"target cost <= {TARGET_COST}x ({name}): {figures['ratio'][name]:.2f}x "
+              f"{'met' if figures['ratio'][name] <= TARGET_COST else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
