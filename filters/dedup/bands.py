@@ -95,6 +95,9 @@ def _pairs_by_offset(group: np.ndarray, hashes: np.ndarray, side: np.ndarray, ma
         i = np.flatnonzero(same)
         yield hashes[i], hashes[i + d], side[i], side[i + d]
 
+CROSS_CHUNK = 1 << 22  # side-0 x side-1 pairs checked at once in a cross join
+
+
 def candidate_pairs(bands: pa.Table, max_distance: int, cross: bool) -> pa.Table:
     """Verified pairs among exploded band rows (any grouping of them that keeps each (band, key)
     together: a Spark partition, or everything). ``cross=False``: pairs of distinct side-0 hashes,
@@ -105,6 +108,23 @@ def candidate_pairs(bands: pa.Table, max_distance: int, cross: bool) -> pa.Table
     key = bands.column("key").to_numpy()
     hashes = bands.column("hash").to_numpy()
     side = bands.column("side").to_numpy()
+    if cross:
+        a, b = _cross_pairs(band, key, hashes, side, max_distance)
+    else:
+        a, b = _self_pairs(band, key, hashes, side, max_distance)
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
+    return pa.table(
+        {
+            "a": pa.array(pairs[:, 0], pa.int64()),
+            "b": pa.array(pairs[:, 1], pa.int64()),
+            "distance": pa.array(popcount_xor(pairs[:, 0].copy(), pairs[:, 1].copy()), pa.int32()),
+        },
+        schema=PAIRS_SCHEMA,
+    )
+
+
+def _self_pairs(band, key, hashes, side, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b), a < b, of the side-0 hashes sharing a (band, key) run, within max_distance."""
     order = np.lexsort((side, hashes, key, band))
     band, key, hashes, side = band[order], key[order], hashes[order], side[order]
     starts = np.concatenate([[True], (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
@@ -115,11 +135,7 @@ def candidate_pairs(bands: pa.Table, max_distance: int, cross: bool) -> pa.Table
     found_a, found_b = [], []
 
     def keep(a, b, sa, sb):
-        ok = (sa == 0) & (sb == 1) if cross else (sa == 0) & (sb == 0) & (a != b)
-        if cross:  # lexsort put side 0 before side 1 within a run only for equal hashes: orient each pair
-            flip = (sa == 1) & (sb == 0)
-            a, b = np.where(flip, b, a), np.where(flip, a, b)
-            ok = ok | flip
+        ok = (sa == 0) & (sb == 0) & (a != b)
         a, b = a[ok], b[ok]
         close = popcount_xor(a, b) <= max_distance
         found_a.append(a[close])
@@ -133,17 +149,42 @@ def candidate_pairs(bands: pa.Table, max_distance: int, cross: bool) -> pa.Table
         keep(hashes[s + i], hashes[s + j], side[s + i], side[s + j])
     a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
     b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)
-    if not cross:
-        a, b = np.minimum(a, b), np.maximum(a, b)
-    pairs = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
-    return pa.table(
-        {
-            "a": pa.array(pairs[:, 0], pa.int64()),
-            "b": pa.array(pairs[:, 1], pa.int64()),
-            "distance": pa.array(popcount_xor(pairs[:, 0].copy(), pairs[:, 1].copy()), pa.int32()),
-        },
-        schema=PAIRS_SCHEMA,
-    )
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _cross_pairs(band, key, hashes, side, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """(side-0 hash, side-1 hash) sharing a (band, key) run, within max_distance. Only the n0 x n1
+    cross pairs of each run are checked, never the pairs within one side: a window join's right side
+    (every window key) is ~100x its left (the row keys), and its runs are mostly right-side rows."""
+    order = np.lexsort((hashes, side, key, band))  # each run: its side-0 rows, then its side-1 rows
+    band, key, hashes, side = band[order], key[order], hashes[order], side[order]
+    starts = np.flatnonzero(np.concatenate([[True], (band[1:] != band[:-1]) | (key[1:] != key[:-1])]))
+    ends = np.append(starts[1:], len(band))
+    zeros_before = np.concatenate([[0], np.cumsum(side == 0)])  # side-0 rows before each position
+    n0 = zeros_before[ends] - zeros_before[starts]
+    first_right = starts + n0  # side is sorted within a run: its side-1 rows follow its n0 side-0 rows
+    n1 = ends - first_right
+    both = (n0 > 0) & (n1 > 0)
+    s0, s1, n0, n1 = starts[both], first_right[both], n0[both], n1[both]
+    counts = n0 * n1
+    found_a, found_b = [], []
+    begin = 0
+    while begin < len(counts):  # runs in chunks of about CROSS_CHUNK pairs (one large run: alone)
+        total = np.cumsum(counts[begin:])
+        stop = begin + max(1, int(np.searchsorted(total, CROSS_CHUNK, side="right")))
+        c = counts[begin:stop]
+        run = np.repeat(np.arange(begin, stop), c)
+        k = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+        a = hashes[s0[run] + k // n1[run]]
+        b = hashes[s1[run] + k % n1[run]]
+        close = popcount_xor(a, b) <= max_distance
+        found_a.append(a[close])
+        found_b.append(b[close])
+        begin = stop
+    a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
+    b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)
+    return a, b
+
 
 def near_pairs(hashes: np.ndarray, max_distance: int, bands: int = 0) -> pa.Table:
     """All pairs of distinct hashes within max_distance (the banded join, in one piece)."""
