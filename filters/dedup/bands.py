@@ -95,7 +95,7 @@ def _pairs_by_offset(group: np.ndarray, hashes: np.ndarray, side: np.ndarray, ma
         i = np.flatnonzero(same)
         yield hashes[i], hashes[i + d], side[i], side[i + d]
 
-CROSS_CHUNK = 1 << 22  # side-0 x side-1 pairs checked at once in a cross join
+CROSS_CHUNK = 1 << 20  # side-0 x side-1 pairs checked at once in a cross join (~50 MB of temporaries)
 
 
 def candidate_pairs(bands: pa.Table, max_distance: int, cross: bool) -> pa.Table:
@@ -166,20 +166,30 @@ def _cross_pairs(band, key, hashes, side, max_distance: int) -> tuple[np.ndarray
     n1 = ends - first_right
     both = (n0 > 0) & (n1 > 0)
     s0, s1, n0, n1 = starts[both], first_right[both], n0[both], n1[both]
-    counts = n0 * n1
     found_a, found_b = [], []
-    begin = 0
-    while begin < len(counts):  # runs in chunks of about CROSS_CHUNK pairs (one large run: alone)
-        total = np.cumsum(counts[begin:])
-        stop = begin + max(1, int(np.searchsorted(total, CROSS_CHUNK, side="right")))
-        c = counts[begin:stop]
-        run = np.repeat(np.arange(begin, stop), c)
-        k = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-        a = hashes[s0[run] + k // n1[run]]
-        b = hashes[s1[run] + k % n1[run]]
+
+    def check(a: np.ndarray, b: np.ndarray) -> None:
         close = popcount_xor(a, b) <= max_distance
         found_a.append(a[close])
         found_b.append(b[close])
+
+    large = n0 * n1 > CROSS_CHUNK
+    for first, left, right, count in zip(s0[large], n0[large], s1[large], n1[large]):  # one run, in blocks of its left rows
+        step = max(1, CROSS_CHUNK // int(count))
+        for i in range(int(first), int(first + left), step):
+            block = hashes[i : min(i + step, int(first + left))]
+            check(np.repeat(block, count), np.tile(hashes[right : right + count], len(block)))
+    s0, s1, n0, n1 = s0[~large], s1[~large], n0[~large], n1[~large]
+    counts = n0 * n1
+    total = np.cumsum(counts)
+    begin = 0
+    while begin < len(counts):  # the other runs, in chunks of at most CROSS_CHUNK pairs
+        done = int(total[begin - 1]) if begin else 0
+        stop = max(begin + 1, int(np.searchsorted(total, done + CROSS_CHUNK, side="right")))
+        c = counts[begin:stop]
+        run = np.repeat(np.arange(begin, stop), c)
+        k = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+        check(hashes[s0[run] + k // n1[run]], hashes[s1[run] + k % n1[run]])
         begin = stop
     a = np.concatenate(found_a) if found_a else np.zeros(0, np.int64)
     b = np.concatenate(found_b) if found_b else np.zeros(0, np.int64)

@@ -72,11 +72,12 @@ def test_blocklist_join_finds_exactly_the_listed_hashes_within_k():
     assert len(found) >= 50
 
 
-@pytest.mark.parametrize("k", [4, 10])
-def test_cross_join_of_a_few_keys_with_many_clustered_windows_is_exact(k):
+@pytest.mark.parametrize("k, chunk", [(4, 0), (10, 0), (10, 500)])
+def test_cross_join_of_a_few_keys_with_many_clustered_windows_is_exact(k, chunk, monkeypatch):
     """A window join's shape: the right side ~100x the left and clustered (real keys share most bits), so
-    a (band, key) run holds thousands of right-side rows; only left x right pairs are checked per run,
-    and the result is still every pair within k (brute force), hashes present on both sides included."""
+    a (band, key) run holds thousands of right-side rows; only left x right pairs are checked per run
+    (in bounded chunks), and the result is still every pair within k (brute force), hashes present on
+    both sides included."""
     rng = np.random.default_rng(k)
     centres = _random_hashes(40, 0, k, seed=k)
     def near(n: int, bits: int) -> np.ndarray:
@@ -86,6 +87,8 @@ def test_cross_join_of_a_few_keys_with_many_clustered_windows_is_exact(k):
         return (centres[rng.integers(0, len(centres), n)].view(np.uint64) ^ flips).view(np.int64)
     keys = near(150, 6)
     windows = np.concatenate([near(15_000, 7), keys[:20]])
+    if chunk:  # runs of more than `chunk` cross pairs are checked a block of left rows at a time, the rest in chunks
+        monkeypatch.setattr("filters.dedup.bands.CROSS_CHUNK", chunk)
     found = blocklist_pairs(keys, windows, k)
     assert _pairs(found) == _brute_force(keys, windows, k, same=False)
     assert len(found) > 20  # the shared hashes (distance 0) and many more
