@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from curation.local_features import (
@@ -34,6 +35,24 @@ def test_small_copy_has_the_configured_longer_side():
     small = small_gray(gray)
     assert max(small.shape) == FEATURES_SIDE
     assert abs(small.shape[0] / small.shape[1] - gray.shape[0] / gray.shape[1]) < 0.02
+
+
+@pytest.mark.parametrize("shape", [(1200, 1600), (1597, 900), (700, 530), (300, 257), (3000, 40)])
+def test_small_copy_is_an_area_average_of_the_picture(shape):
+    """The two-step shrink (whole factor, then the rest) against one area resize (OpenCV INTER_AREA) of
+    a real photo enlarged to web sizes: the same size, the same picture within a few gray levels."""
+    import cv2
+
+    photo = Image.fromarray(_gray()).resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+    gray = np.asarray(photo)
+    small = small_gray(gray)
+    scale = FEATURES_SIDE / max(shape)
+    size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
+    reference = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    assert small.shape == reference.shape and small.dtype == np.uint8
+    diff = np.abs(small.astype(np.float64) - reference)
+    assert diff.mean() < 4.0 and np.percentile(diff, 99) < 40
+    assert abs(small.mean() - reference.mean()) < 1.0  # an average: no brightness shift
 
 
 def test_a_photo_gets_at_most_the_configured_keypoints_spread_over_the_picture():
