@@ -55,9 +55,10 @@ def verified_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tupl
         *[F.lit(None).cast(VERIFIED_LINKS.spark_schema()[c].dataType).alias(c) for c in VERDICT_COLUMNS],
     )
     pending = links.where(needs)
+    info = {"candidates": links.count(), "pairs_checked": pending.count()}  # before the keypoints are joined on
     features = keys.select(F.col("phash").alias("k"), "features")
     for end in ("a", "b"):
         pending = pending.join(features.select(F.col("k").alias(end), F.col("features").alias(f"features_{end}")), end, "left")
     checked = pending.select(*CANDIDATE_LINKS.names).mapInArrow(partial(_verify_partition, rules=rules), VERIFIED_LINKS.spark_schema())
     verified = direct.select(*VERIFIED_LINKS.names).unionByName(checked).localCheckpoint()
-    return verified, {"candidates": links.count(), "pairs_checked": pending.count(), "pairs": verified.count()}
+    return verified, {**info, "pairs": verified.count()}
