@@ -1,7 +1,12 @@
 """Cost per image of the dedup stage's hashing, as the stage runs it (curation.stages.dedup.hash_images),
 under three rule sets, against plain pHash (curation.hashing.phash_many, exact), on production-shaped
 images: bench/phash.py's photo-like JPEGs (crops of the real photos of ../shared/data/images/photos at
-400-1600 px on the longer side, varied encodings; generated and cached in bench/out/ on first use).
+400-1600 px on the longer side, varied encodings; generated and cached in bench/out/ on first use), in two
+shapes (``--shapes``):
+
+- ``stored``: as the download stage stores them (filters.image.process_image with the default rules:
+  shorter side 384 px, JPEG q90), which is what the dedup stage reads in the pipeline;
+- ``original``: as fetched (a run with ``resize_side_px = 0``, or dedup over other images).
 
 Rule sets (``[dedup.rules]``):
 
@@ -16,7 +21,7 @@ plain pHash; then, with ``--processes N`` (default 2), the wall time of N proces
 bench/neardup_quality.py measures the same options on its quality set (102-800 px pictures, where a
 decode is cheaper and the fixed per-image work weighs more).
 
-    python bench/dedup_cost.py [--images 600] [--processes 2] [--json out.json]
+    python bench/dedup_cost.py [--images 600] [--shapes stored original] [--processes 2] [--json out.json]
 
 The issue 19 target is cost <= 1.5x plain pHash (printed for each rule set; no exit code, this is a
 measurement).
@@ -79,6 +84,20 @@ def _as_arrow(images: list[bytes]):
     return pa.array(images, pa.binary())
 
 
+SHAPES = ("stored", "original")
+
+
+def shaped_images(n: int, seed: int, shape: str) -> list[bytes]:
+    """bench/phash.py's photo-like JPEGs as fetched, or as the download stage stores them."""
+    images = cached_images(n, seed)[0]
+    if shape == "original":
+        return images
+    from filters.image import ImageRules, StoredImage, process_image
+
+    stored = [process_image(d, ImageRules()) for d in images]
+    return [r.image_bytes for r in stored if isinstance(r, StoredImage)]
+
+
 def _cpu(fn, images: list[bytes], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -88,8 +107,8 @@ def _cpu(fn, images: list[bytes], repeats: int) -> float:
     return best
 
 
-def _worker(method: str, n: int, seed: int, count: int) -> int:
-    images = cached_images(n, seed)[0][:count]
+def _worker(method: str, n: int, seed: int, count: int, shape: str) -> int:
+    images = shaped_images(n, seed, shape)[:count]
     fn = methods()[method]
     fn(images[:8])  # imports, caches, OpenCV's ORB objects outside the timing
     start = time.perf_counter()
@@ -98,13 +117,42 @@ def _worker(method: str, n: int, seed: int, count: int) -> int:
     return 0
 
 
-def parallel(method: str, processes: int, n: int, seed: int, count: int) -> float:
+def parallel(method: str, processes: int, n: int, seed: int, count: int, shape: str) -> float:
     procs = [
         subprocess.Popen([sys.executable, __file__, "--worker", method, "--images", str(n), "--seed", str(seed),
-                          "--parallel-images", str(count)], stdout=subprocess.PIPE, text=True)
+                          "--parallel-images", str(count), "--shapes", shape], stdout=subprocess.PIPE, text=True)
         for _ in range(processes)
     ]
     return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["seconds"] for p in procs)
+
+
+def _shape(shape: str, args) -> dict:
+    from PIL import Image
+    import io
+
+    images = shaped_images(args.images, args.seed, shape)
+    sizes = [Image.open(io.BytesIO(d)).size for d in images]
+    print(f"\n{shape}: {len(images)} JPEGs, longer side {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px, "
+          f"{sum(w * h for w, h in sizes) / len(sizes) / 1e6:.2f} MP average, {len(set(sizes))} different sizes")
+    fns = methods()
+    for fn in fns.values():
+        fn(images[:8])  # warm
+    cpu = {name: _cpu(fn, images, args.repeats) / len(images) for name, fn in fns.items()}
+    out: dict[str, object] = {"images": len(images), "ms_per_image": {}, "ratio": {}}
+    print("\n| rule set | CPU ms per image (one core) | x plain pHash |\n|---|---|---|")
+    for name, seconds in cpu.items():
+        ratio = seconds / cpu["phash"]
+        out["ms_per_image"][name] = round(1e3 * seconds, 3)
+        out["ratio"][name] = round(ratio, 3)
+        print(f"| {name} | {1e3 * seconds:.2f} | {ratio:.2f} |")
+    if args.processes:
+        wall = {name: parallel(name, args.processes, args.images, args.seed, args.parallel_images, shape) for name in fns}
+        out["parallel"] = {"processes": args.processes, "images_each": args.parallel_images,
+                           "wall_s": {k: round(v, 2) for k, v in wall.items()}}
+        print(f"\n{args.processes} processes at once, {args.parallel_images} images each (wall time of the slowest):")
+        for name, seconds in wall.items():
+            print(f"  {name}: {seconds:.2f} s ({seconds / wall['phash']:.2f}x plain pHash)")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,42 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="best of this many CPU-time runs")
     ap.add_argument("--processes", type=int, default=2, help="also time this many processes at once (0: skip)")
     ap.add_argument("--parallel-images", type=int, default=300, help="images each parallel process hashes")
+    ap.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="image shapes to time (see above)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     if args.worker:
-        return _worker(args.worker, args.images, args.seed, args.parallel_images)
+        return _worker(args.worker, args.images, args.seed, args.parallel_images, args.shapes[0])
     import cv2
 
     cv2.setNumThreads(1)
-    from PIL import Image
-    import io
-
-    images, origin = cached_images(args.images, args.seed)
-    sizes = [Image.open(io.BytesIO(d)).size for d in images]
-    print(f"{len(images)} JPEGs from {origin}: longer side {min(max(s) for s in sizes)}-{max(max(s) for s in sizes)} px, "
-          f"{sum(w * h for w, h in sizes) / len(sizes) / 1e6:.2f} MP average, {len(set(sizes))} different sizes")
-    fns = methods()
-    for fn in fns.values():
-        fn(images[:8])  # warm
-    cpu = {name: _cpu(fn, images, args.repeats) / len(images) for name, fn in fns.items()}
-    figures: dict[str, object] = {"images": len(images), "origin": origin, "ms_per_image": {}, "ratio": {}}
-    print("\n| rule set | CPU ms per image (one core) | x plain pHash |\n|---|---|---|")
-    for name, seconds in cpu.items():
-        ratio = seconds / cpu["phash"]
-        figures["ms_per_image"][name] = round(1e3 * seconds, 3)
-        figures["ratio"][name] = round(ratio, 3)
-        print(f"| {name} | {1e3 * seconds:.2f} | {ratio:.2f} |")
-    if args.processes:
-        wall = {name: parallel(name, args.processes, args.images, args.seed, args.parallel_images) for name in fns}
-        figures["parallel"] = {"processes": args.processes, "images_each": args.parallel_images,
-                               "wall_s": {k: round(v, 2) for k, v in wall.items()}}
-        print(f"\n{args.processes} processes at once, {args.parallel_images} images each (wall time of the slowest):")
-        for name, seconds in wall.items():
-            print(f"  {name}: {seconds:.2f} s ({seconds / wall['phash']:.2f}x plain pHash)")
-    for name in rule_sets():
-        print(f"target cost <= {TARGET_COST}x ({name}): {figures['ratio'][name]:.2f}x "
-              f"{'met' if figures['ratio'][name] <= TARGET_COST else 'NOT met'}")
+    origin = cached_images(args.images, args.seed)[1]
+    figures: dict[str, object] = {"origin": origin}
+    for shape in args.shapes:
+        figures[shape] = _shape(shape, args)
+    for shape in args.shapes:
+        for name in rule_sets():
+            ratio = figures[shape]["ratio"][name]
+            print(f"target cost <= {TARGET_COST}x ({shape}, {name}): {ratio:.2f}x {'met' if ratio <= TARGET_COST else 'NOT met'}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
