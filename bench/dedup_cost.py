@@ -88,14 +88,23 @@ SHAPES = ("stored", "original")
 
 
 def shaped_images(n: int, seed: int, shape: str) -> list[bytes]:
-    """bench/phash.py's photo-like JPEGs as fetched, or as the download stage stores them."""
+    """bench/phash.py's photo-like JPEGs as fetched, or as the download stage stores them (made once and
+    kept in bench/out/ beside the originals: every parallel worker reads them instead of re-encoding)."""
     images = cached_images(n, seed)[0]
     if shape == "original":
         return images
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from filters.image import ImageRules, StoredImage, process_image
 
+    path = REPO / "bench" / "out" / f"dedup-cost-stored-{n}-{seed}.parquet"
+    if path.exists():
+        return pq.read_table(path).column("image").to_pylist()
     stored = [process_image(d, ImageRules()) for d in images]
-    return [r.image_bytes for r in stored if isinstance(r, StoredImage)]
+    out = [r.image_bytes for r in stored if isinstance(r, StoredImage)]
+    pq.write_table(pa.table({"image": pa.array(out, pa.binary())}), path)
+    return out
 
 
 def _cpu(fn, images: list[bytes], repeats: int) -> float:
