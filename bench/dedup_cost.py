@@ -1,5 +1,5 @@
-"""Cost per image of the dedup stage's hashing, as the stage runs it (curation.stages.dedup.hash_images),
-under three rule sets, against plain pHash (curation.hashing.phash_many, exact), on production-shaped
+"""Cost per image of the dedup stage's hashing, as the stage runs it (jobs.stages.dedup.hash_images),
+under three rule sets, against plain pHash (curation.imagehash.phash_many, exact), on production-shaped
 images: bench/phash.py's photo-like JPEGs (crops of the real photos of ../shared/data/images/photos at
 400-1600 px on the longer side, varied encodings; generated and cached in bench/out/ on first use), in two
 shapes (``--shapes``):
@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from curation.hashing import PhashMode, phash_many  # noqa: E402
-from curation.stages.dedup import hash_images  # noqa: E402
+from curation.imagehash import PhashMode, phash_many  # noqa: E402
+from jobs.stages.dedup import hash_images  # noqa: E402
 from filters.dedup import DedupRules  # noqa: E402
 from phash import cached_images  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Throughput of the download stage against bare img2dataset, on the same loopback URLs, in one run.
 
-A separate process serves the embedded sample's 150 generated JPEGs (curation/images_sample.py: 150 to
+A separate process serves the embedded sample's 150 generated JPEGs (curation/sample/images.py: 150 to
 1600 px, ~150 KB on average, with panoramas, tiny and small-side files) on 127.0.0.1; ``--urls`` distinct
 URLs (``/images/img-NNNNN.jpg?n=k``) point at them. Both systems get the same URLs, processes, threads and
 shard size, and the same resize (keep ratio, shorter side 384, never upscaled, JPEG):
@@ -57,9 +57,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports al
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.stages.config import Config, DownloadOptions
-from curation.fetch import FetchOptions
-from curation.images_sample import N_SAMPLE_IMAGES, ImageServer, sample_name, sample_routes
+from jobs.stages.config import Config, DownloadOptions
+from curation.fetch.http import FetchOptions
+from curation.sample.images import N_SAMPLE_IMAGES, ImageServer, sample_name, sample_routes
 from curation.stage import StageDir, rejected_table
 from schemas import TEXT_OK
 
@@ -131,14 +131,14 @@ UNIFORM_TARGET = 0.95
 ARM_SCRIPT = r"""
 import json, sys, time
 from pathlib import Path
-from curation.stages.config import Config, DownloadOptions
-from curation.fetch import FetchOptions
+from jobs.stages.config import Config, DownloadOptions
+from curation.fetch.http import FetchOptions
 from curation.stage import StageDir
 from jobs import download as job
 args = json.loads(sys.argv[1])
 extra = {}
 if args["politeness"] is not None:
-    from curation.politeness import PolitenessOptions
+    from curation.fetch.politeness import PolitenessOptions
     extra["politeness"] = PolitenessOptions(**args["politeness"])
 opts = DownloadOptions(fetch=FetchOptions(timeout_s=10, allowed_addresses=("127.0.0.0/8",)), threads=args["threads"],
                        rows_per_shard=args["shard"], engine="local", processes=args["processes"], **extra)
@@ -159,7 +159,7 @@ def _serve_hosts(addresses: list[str], limited: str, latency_s: float, commands,
     """Servers on ``addresses``, each answer after ``latency_s`` (a remote host's time to first byte);
     commands: ("reset", limit) resets the counts and sets the connection limit of host ``limited``
     (0: none), ("max", None) answers the maxima, ("stop", None)."""
-    from curation.images_sample import ImageHandler, Response
+    from curation.sample.images import ImageHandler, Response
 
     limit = [0]
 

@@ -1,4 +1,4 @@
-"""WAT extraction throughput on one core: ours (``curation.crawl.extract_file``) against cc2dataset's
+"""WAT extraction throughput on one core: ours (``curation.crawl.reader.extract_file``) against cc2dataset's
 (``cc2dataset.main.extract_documents_from_wat(stream, "image")``), on the same file in the same run.
 
 Input: ``--wat PATH``, or by default ``--copies`` (25) copies of the real derived WAT
@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from fastwarc.warc import ArchiveIterator
 
-from curation.crawl import _WHITESPACE, extract_file
+from curation.crawl.links import WHITESPACE
+from curation.crawl.reader import extract_file
 
 SAMPLE = REPO.parent / "shared" / "data" / "crawl" / "derived" / "aut-example.iawc.warc.wat.gz"
 
@@ -74,12 +75,12 @@ def compare(ours, theirs: list[dict]) -> Counter:
     stripped = set()  # our pairs explained by a theirs-only pair whose URL we stripped
     for url, alt in only_theirs:
         uid = hashlib.md5((alt + url).encode("utf-8", "surrogatepass")).hexdigest()  # cc2dataset's uid
-        if url.strip(_WHITESPACE) != url and (url.strip(_WHITESPACE), alt) in ours_set:
+        if url.strip(WHITESPACE) != url and (url.strip(WHITESPACE), alt) in ours_set:
             kinds["theirs keeps whitespace around the URL, we strip it (same pair otherwise)"] += 1
-            stripped.add((url.strip(_WHITESPACE), alt))
+            stripped.add((url.strip(WHITESPACE), alt))
         elif uid in rejected:
             kinds[f"only cc2dataset: we reject it as {rejected[uid]}"] += 1
-        elif not alt.strip(_WHITESPACE):
+        elif not alt.strip(WHITESPACE):
             kinds["only cc2dataset: whitespace-only alt (we reject empty_alt)"] += 1
         else:
             kinds["only cc2dataset: unexplained"] += 1

@@ -1,5 +1,5 @@
 """Near-duplicate dedup at scale on Spark local[2]: the banded join, connected components and the
-kept-row choice of jobs/dedup_decide.py on 250k, 500k and 1M synthetic pHashes with planted near
+kept-row choice of jobs/dedup/decide.py on 250k, 500k and 1M synthetic pHashes with planted near
 duplicates.
 
 Hashes are uniform random 64-bit values; ``--planted`` (default 1 %) of them get a copy with 1..k
@@ -40,8 +40,8 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 
 from filters.dedup import KEYS, DedupRules
-from jobs import dedup_decide
-from jobs.dedup_decide import decide
+from jobs.dedup import decide as dedup_decide
+from jobs.dedup.decide import decide
 from jobs.session import build_spark_session
 
 TARGET_1M_SECONDS = 120.0
@@ -57,7 +57,7 @@ def real_key_pool() -> np.ndarray:
     sys.path.insert(0, str(REPO / "bench"))
     from neardup_quality import DATA, hard_edits
 
-    from curation.hashing import keys_many
+    from curation.imagehash import keys_many
 
     blobs = []
     for photo, path in enumerate(sorted((DATA / "photos").iterdir())):

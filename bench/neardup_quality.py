@@ -38,11 +38,11 @@ Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robu
 is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
 and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``):
-``rot`` (the stage's keys plus 40 rotated window keys, curation.hash_windows, at k), ``rot+deep`` (plus ~97
+``rot`` (the stage's keys plus 40 rotated window keys, curation.imagehash.windows, at k), ``rot+deep`` (plus ~97
 deep aspect windows: crops to common aspect ratios), ``occlusion`` (12 occlusion windows and 3 masked centres matched window against window, at k),
 ``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
 candidate_distance linked only when their ORB keypoints agree on one similarity transform:
-filters/neardup_verify.py: keypoints in enough cells of each picture, or, failing that, the pixels of the
+filters/dedup/pair_verify.py: keypoints in enough cells of each picture, or, failing that, the pixels of the
 tiny copies agreeing once the keypoints' transform lines them up), ``verified`` (the same, with pairs
 whose occlusion windows are within OCCLUSION_DISTANCE also verified) and ``verified-keypoints`` (as
 ``verified``, by the keypoints' cells rule alone: the pixel check off). Reported: recall and precision on
@@ -73,11 +73,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from curation.hash_windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys_many
-from curation.hashing import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
-from curation.local_features import PACKED_MAX, LocalFeatures, features_from_gray, pack_features
+from curation.imagehash.windows import DEEP_MAX_LENGTH, DEEP_MIN_LENGTH, DEEP_STEP, ROTATION_ANGLES, TARGET_ASPECTS, deep_aspect_keys, occlusion_keys, rotated_window_keys_many
+from curation.imagehash import ASPECT_LENGTHS, ASPECT_PLACES, WINDOW_PLACES, WINDOW_SCALES, keys_many, phash_many, resize_gray_32
+from curation.imagehash.keypoints import PACKED_MAX, LocalFeatures, features_from_gray, pack_features
 from filters.dedup import plan_bands
-from filters.neardup_verify import VerifyRules, Verdict, linked, verify_pair
+from filters.dedup.pair_verify import VerifyRules, Verdict, linked, verify_pair
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -544,7 +544,7 @@ def upright_gray(blob: bytes) -> np.ndarray:
 
 
 def new_window_keys(thumbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> tuple[list[tuple[str, ...]], ...]:
-    """Rotated, deep aspect and occlusion window keys of each image (curation.hash_windows)."""
+    """Rotated, deep aspect and occlusion window keys of each image (curation.imagehash.windows)."""
     rotated = rotated_window_keys_many(thumbs, sizes)
     stacked = np.stack(thumbs)
     return rotated, deep_aspect_keys(stacked, sizes), occlusion_keys(stacked)

@@ -1,4 +1,4 @@
-"""pHash throughput on one core: imagehash.phash vs curation.hashing exact and fast modes, in one run
+"""pHash throughput on one core: imagehash.phash vs curation.imagehash exact and fast modes, in one run
 on the same images, plus how far fast mode's hashes are from exact ones.
 
 Input: ``--images`` (default 2,000) photo-like JPEGs, 400-1600 px on the longer side, made
@@ -12,7 +12,7 @@ encodings, ~5 % grayscale. Without the shared folder, smooth synthetic scenes ar
 or any multi-process library caller do, on the first 400 images (crops of the real photos at many
 sizes; the count of distinct sizes is printed): each process is started *without* the one-thread BLAS
 environment this script sets for itself, so it shows what a library caller gets. Methods: imagehash,
-curation.hashing exact (which holds BLAS to one thread itself), and the same without that hold
+curation.imagehash exact (which holds BLAS to one thread itself), and the same without that hold
 (``phash_many.__wrapped__``: what BLAS's default threads cost). Wall time of the slowest process.
 
 Rates are images per CPU-second of this process (= per core: BLAS is held to one thread and nothing
@@ -44,7 +44,7 @@ from PIL import Image, ImageEnhance
 
 REPO = Path(__file__).resolve().parents[1]
 
-from curation.hashing import PhashMode, hamming, phash_many
+from curation.imagehash import PhashMode, hamming, phash_many
 
 PHOTOS = REPO.parent / "shared" / "data" / "images" / "photos"
 TARGET_EXACT = 3.0

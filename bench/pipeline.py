@@ -112,8 +112,8 @@ def draw_images(pages: int, cache: str, cores: int) -> None:
     """Every image the largest sample links to, drawn into ``cache`` up front by ``cores`` processes (kept
     between runs), so the timed download stage measures fetching and filtering, not drawing test images."""
     sys.path.insert(0, str(REPO))
-    from curation.images_sample import draw_images as draw, sample_name
-    from curation.sample import image_count
+    from curation.sample.images import draw_images as draw, sample_name
+    from curation.sample.crawl_files import image_count
 
     started = time.perf_counter()
     names = [sample_name(i) for i in range(image_count(pages))]
@@ -129,7 +129,7 @@ def run_one(pages: int, cores: int, folder: str, cache: str) -> dict:
     sys.path.insert(0, str(REPO))
     import socket
 
-    from curation.stages.config import load_config
+    from jobs.stages.config import load_config
     from jobs import pipeline
     from jobs.session import build_spark_session
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from curation.stages.select import input_files, uid_query
-from curation.stages.selection import DuckDBEngine, count, input_schema
+from jobs.stages.select import input_files, uid_query
+from jobs.stages.preset_query import DuckDBEngine, count, input_schema
 from schemas import UID
 from filters.presets import builtin_presets
 

@@ -1,5 +1,5 @@
 """SemDeDup at scale on Spark local[2]: jobs/semdedup.py over synthetic 512-d image embeddings with
-planted duplicate groups, laid out as an annotate stage folder (data/ + img_emb/, curation/embeddings.py).
+planted duplicate groups, laid out as an annotate stage folder (data/ + img_emb/, curation/output/embeddings.py).
 
 Unrelated rows lie around ``--topics`` (default 1,000) random topic centres, noise norm ``--spread``
 (0.65: two rows of a topic have a cosine of about 0.7, as CLIP image embeddings of one subject do);
@@ -13,9 +13,9 @@ should go: every member of a group but one) and false rejections (rows of no gro
 
 On ``--subset`` rows (default 20k, its own dataset) the stage's decisions are compared with a
 reference that has no clusters: all pairs of the subset compared (blocked products of the whole
-20k x 20k matrix) and the same keep rule (curation.stages.semdedup.decide_cluster on everything as one
+20k x 20k matrix) and the same keep rule (jobs.stages.semdedup.decide_cluster on everything as one
 cluster); on 2,000 of those rows that reference is itself checked against the row-by-row
-curation.stages.semdedup.brute_force.
+jobs.stages.semdedup.brute_force.
 
     python bench/semdedup.py [--sizes 100000 1000000] [--json out.json] [--check]
 
@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curation.stages.config import Config, SemdedupOptions  # noqa: E402
-from curation.embeddings import npy_bytes  # noqa: E402
-from curation.stages.semdedup import brute_force, decide_cluster, normalised  # noqa: E402
+from jobs.stages.config import Config, SemdedupOptions  # noqa: E402
+from curation.output.embeddings import npy_bytes  # noqa: E402
+from jobs.stages.semdedup import brute_force, decide_cluster, normalised  # noqa: E402
 from curation.stage import StageDir  # noqa: E402
 from jobs import semdedup as job  # noqa: E402
 from jobs.session import build_spark_session  # noqa: E402

@@ -2,7 +2,7 @@
 
 A preset only selects (DataComp's ``apply_filter``): it becomes one SQL predicate per condition,
 rendered for DuckDB or Spark SQL with the thresholds passed as bound parameters. Nothing here runs a
-query; ``curation.stages.select`` does. The built-in presets live in ``filters/presets.toml``.
+query; ``jobs.stages.select`` does. The built-in presets live in ``filters/presets.toml``.
 
 Semantics, identical in both engines:
 - a threshold is cast to the column's own type before comparing (a float32 score stored as 0.3 is

@@ -1,4 +1,4 @@
-"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes curation.stages.annotate.
+"""Spark job of the annotate stage: unique -> annotated. Thin: it distributes jobs.stages.annotate.
 
 One task per input chunk (mapInArrow over a DataFrame of chunks); each executor Python worker loads the
 models once (models.runner.get_runner) and keeps them for every later task it runs. After the shards,
@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from curation import storage
-from curation.stages.annotate import (
+from jobs.stages.annotate import (
     SPEC,
     STAGE,
     Chunk,
@@ -28,7 +28,7 @@ from curation.stages.annotate import (
     rewrite_ids,
     stats_extra,
 )
-from curation.stages.config import Config, ConfigError
+from jobs.stages.config import Config, ConfigError
 from curation.lifecycle import Work, run_stage, input_files
 from curation.stage import DATA, StageDir, shard_stats_batch
 from jobs.partitions import as_list, distribute, run_context, spread
@@ -51,7 +51,7 @@ def resolve_models(config: Config) -> ModelsConfig:
             raise ConfigError("[annotate]: set models or random_models, not both")
         path = storage.join(storage.absolute(opts.random_models), "MODELS.toml")
         if not storage.exists(path, store):
-            from models.random_init import write_random_models
+            from models.weights.random_init import write_random_models
 
             log.warning("annotate: writing RANDOM-WEIGHT tiny models to %s: their scores are meaningless", opts.random_models)
             write_random_models(opts.random_models, "tiny", options=store)  # a local folder or s3://

@@ -1,4 +1,4 @@
-"""Spark job of the download stage: text_ok -> fetched. Thin: it distributes curation.stages.download's tasks
+"""Spark job of the download stage: text_ok -> fetched. Thin: it distributes jobs.stages.download's tasks
 (one lane of shards per task, so the tasks that reach a host are bounded) with mapInArrow, or hands them
 to the local process pool (``engine = "local"``)."""
 
@@ -10,8 +10,8 @@ from functools import partial
 
 from pyspark.sql import SparkSession
 
-from curation.stages.config import Config, ConfigError
-from curation.stages.download import (
+from jobs.stages.config import Config, ConfigError
+from jobs.stages.download import (
     STAGE, WorkItem, by_lane, check_plan, download_task, pending_transient, plan_work, run_local,
 )
 from curation.lifecycle import StageSpec, Work, input_files, run_stage

@@ -1,4 +1,4 @@
-"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes curation.stages.extract."""
+"""Spark job of the extract stage: crawl files -> candidates. Thin: it distributes jobs.stages.extract."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import IntegerType
 
 from curation import storage
-from curation.stages.config import Config
+from jobs.stages.config import Config
 from curation.errors import InputError
-from curation.stages.extract import (
+from jobs.stages.extract import (
     LINKS_DIR,
     STAGE,
     bucket_shard,

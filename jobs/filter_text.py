@@ -1,4 +1,4 @@
-"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes curation.stages.filter_text
+"""Spark job of the filter-text stage: candidates -> text_ok. Thin: it distributes jobs.stages.filter_text
 and counts text keys with a Spark aggregation (groupBy key, count, join back), never in driver memory."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, StringType
 
-from curation.stages.config import Config
-from curation.stages.filter_text import (
+from jobs.stages.config import Config
+from jobs.stages.filter_text import (
     BUCKET,
     CHECKED_DIR,
     COUNT,

@@ -12,9 +12,9 @@ from functools import partial
 from pyspark.sql import SparkSession
 
 from curation import storage
-from curation.stages.config import Config
+from jobs.stages.config import Config
 from curation.errors import InputError
-from curation.stages.dedup import INDEX_STAGE, IndexUnit, index_shard, index_task, plan_index, split_source
+from jobs.stages.dedup import INDEX_STAGE, IndexUnit, index_shard, index_task, plan_index, split_source
 from curation.lifecycle import StageSpec, Work, run_stage
 from curation.stage import StageDir, shard_stats_batch
 from jobs.partitions import distribute, run_context

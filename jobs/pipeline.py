@@ -19,7 +19,7 @@ import time
 from pyspark.sql import SparkSession
 
 from curation import __version__, storage
-from curation.stages.config import Config, ConfigError
+from jobs.stages.config import Config, ConfigError
 from curation.errors import StaleStageError
 from curation.stage import StageDir
 
@@ -30,7 +30,7 @@ STAGES = {
     "extract": "jobs.extract",
     "filter-text": "jobs.filter_text",
     "download": "jobs.download",
-    "dedup": "jobs.dedup",
+    "dedup": "jobs.dedup.job",
     "annotate": "jobs.annotate",
     "semdedup": "jobs.semdedup",
 }
@@ -56,7 +56,7 @@ def check_chain(results: dict[str, dict]) -> None:
 
 
 def _sample_inputs(cfg: Config, root: str) -> tuple[list[str], list[str]]:
-    from curation.sample import write_sample
+    from curation.sample.crawl_files import write_sample
 
     sample_dir = storage.join(root, "input")  # local or s3://, like every stage folder
     image_host = f"http://127.0.0.1:{cfg.pipeline.sample_image_port}"
@@ -67,7 +67,7 @@ def _sample_inputs(cfg: Config, root: str) -> tuple[list[str], list[str]]:
 
 def _draw_sample_images(cache: str, names: list[str]) -> None:
     """The sample's images drawn before its download stage fetches them (one process per core)."""
-    from curation.images_sample import draw_images
+    from curation.sample.images import draw_images
 
     started = time.time()
     drawn = draw_images(cache, names, progress=lambda done, total: log.info(
@@ -97,7 +97,7 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
     results: dict[str, dict] = {}
     with contextlib.ExitStack() as scope:
         if cfg.pipeline.sample and "download" in wanted:  # the sample's image links point at this server
-            from curation.images_sample import ImageServer, sample_routes
+            from curation.sample.images import ImageServer, sample_routes
 
             cache = cfg.pipeline.sample_image_cache or scope.enter_context(
                 tempfile.TemporaryDirectory(prefix="curation-sample-images-"))
@@ -133,7 +133,7 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
         },
     }
     storage.write_bytes_atomic(storage.join(root, "_manifest.json"), json.dumps(manifest, indent=2).encode(), opts)
-    from curation.stages.report import REPORT_NAME, write_report
+    from jobs.stages.report import REPORT_NAME, write_report
 
     write_report(root, storage.join(root, REPORT_NAME), cfg)  # covers whichever stage folders the run holds
     return manifest

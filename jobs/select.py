@@ -1,5 +1,5 @@
 """`select` job: a preset over annotated shards with DuckDB (embedded default) or Spark SQL (the cluster
-path). Both run the SQL that ``filters.presets`` renders; ``curation.stages.select`` does the rest."""
+path). Both run the SQL that ``filters.presets`` renders; ``jobs.stages.select`` does the rest."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from curation import storage
-from curation.stages.config import Config, ConfigError
-from curation.stages.select import Materialize, input_files, run_select
-from curation.stages.selection import VIEW, DuckDBEngine, input_schema
+from jobs.stages.config import Config, ConfigError
+from jobs.stages.select import Materialize, input_files, run_select
+from jobs.stages.preset_query import VIEW, DuckDBEngine, input_schema
 from curation.storage import StorageOptions
-from curation.writers import part_name, write_parquet
+from curation.output.shards import part_name, write_parquet
 from filters.presets import SPARK, Scalar, get_preset, load_presets
 from schemas import UID, UID_LIST
 

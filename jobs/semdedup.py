@@ -1,5 +1,5 @@
 """Spark job of the semdedup stage: annotated -> annotated without semantic duplicates. Thin: it
-distributes curation.stages.semdedup (sample -> k-means on the driver -> assignment per file -> decisions per
+distributes jobs.stages.semdedup (sample -> k-means on the driver -> assignment per file -> decisions per
 cluster -> one output shard per input file)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from curation.stages.config import Config
+from jobs.stages.config import Config
 from curation.lifecycle import Work, input_files, run_stage
-from curation.stages.semdedup import (
+from jobs.stages.semdedup import (
     ASSIGNED_DDL, DECISIONS_DDL, SPEC, STAGE, apply_task, assign, binary_matrix, check_embeddings, decide_partition,
     embedding_bytes, load_centroids, read_file, read_histogram, sample_rows, save_centroids, shard_name, total_rows,
     train_centroids, write_histogram,

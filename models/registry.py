@@ -86,7 +86,7 @@ class ColumnStatus:
 
 
 def how_to_get(section: str) -> str | None:
-    from models.fetch import SOURCES
+    from models.weights.fetch import SOURCES
 
     if section in SOURCES:
         return f"`curation models fetch DIR --only {section}` (README, 'Models')"

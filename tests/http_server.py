@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 from PIL import Image
 
-from curation.images_sample import ORIENTATION_TAG, ImageHandler, ImageServer, Response, picture
+from curation.sample.images import ORIENTATION_TAG, ImageHandler, ImageServer, Response, picture
 
 SHARED_IMAGES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images").resolve()
 SLOW_SECONDS = 3.0

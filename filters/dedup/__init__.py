@@ -33,25 +33,25 @@ with the square of the input), so ``bands = 0`` picks the m in k+1..k+8 with the
 ~300 k hashes on m = 6 (15 tables, 20-22-bit keys). Recall stays 100 % for every m.
 
 **Keys**: the blocklist step compares imagehash pHashes (``phash``, what hash lists hold); the
-duplicate and near-duplicate steps use ``rules.key``: ``phash`` or ``robust`` (curation.hashing's
+duplicate and near-duplicate steps use ``rules.key``: ``phash`` or ``robust`` (curation.imagehash's
 dihedral-invariant key of the EXIF-upright, alpha-composited image; both are in KEYS). Blank or
 near-uniform images share few distinct hashes (``jimagehash-White.jpg``'s pHash is 8000000000000000):
 the stage rejects them as ``blank_image`` before any of these steps, or with ``reject_blank`` off keeps
 them out of every step (``blank`` column), so they are never grouped with each other.
 
 **Crop windows** (``crop_windows``, robust key only): each row also carries the keys of twenty crop
-windows of its image (curation.hashing.WINDOW_SCALES); with ``aspect_windows`` also 36 windows that
+windows of its image (curation.imagehash.WINDOW_SCALES); with ``aspect_windows`` also 36 windows that
 keep one axis whole (one-side strip crops, crops to another aspect ratio), and with ``trim_borders`` the
-key of the picture inside letterbox / pillarbox bars when it has some (curation.hashing.trimmed_thumbnail). The near-duplicate step then links two rows
+key of the picture inside letterbox / pillarbox bars when it has some (curation.imagehash.trimmed_thumbnail). The near-duplicate step then links two rows
 when one's key is within k of the other's key *or of one of its window keys* (a cropped copy's key is
 close to the original's matching window); window keys are never compared with each other. A
 near_duplicate row's detail names the kept uid, then the row's closest link: which key, whether through
 a window, the distance and the other key (``KEPT robust-window distance=3 to 0f3c...``).
 
 **Issue 19's options** (robust key; ``verify`` module): ``rotation_windows`` and ``deep_windows`` add more
-window keys (curation.hash_windows), matched like the crop windows. With ``verify`` the links of step 4
+window keys (curation.imagehash.windows), matched like the crop windows. With ``verify`` the links of step 4
 are candidates: those within ``verify_link_distance`` stay linked, the others only when
-filters.neardup_verify.verify_pair verifies the pair's ORB keypoints (KEYS ``features``);
+filters.dedup.pair_verify.verify_pair verifies the pair's ORB keypoints (KEYS ``features``);
 ``occlusion_windows`` adds the pairs whose occlusion window keys (KEYS ``occlusion``) are within
 ``occlusion_distance`` of each other, verified always. :func:`filters.dedup.steps.run_steps` orders these
 sub-steps for both engines (near links, occlusion links, verification, components); the detail of a

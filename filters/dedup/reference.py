@@ -1,6 +1,6 @@
 """The pure in-memory reference of the dedup decisions: every step on one Arrow table of KEYS rows.
 
-The Spark job (``jobs/dedup_decide.py``) must equal it; both run :func:`filters.dedup.steps.run_steps`.
+The Spark job (``jobs/dedup/decide.py``) must equal it; both run :func:`filters.dedup.steps.run_steps`.
 """
 
 from __future__ import annotations

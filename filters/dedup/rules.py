@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from curation.errors import CurationError
-from curation.hashing import PhashMode
+from curation.imagehash import PhashMode
 
 MAX_DISTANCE_LIMIT = 16  # beyond this a 64-bit pHash says little and the banded join degenerates
 DEDUP_KEYS = ("phash", "robust")

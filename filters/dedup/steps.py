@@ -1,6 +1,6 @@
 """The order of the dedup steps and the key they compare, written once.
 
-The in-memory reference (:mod:`filters.dedup.reference`) and the Spark job (``jobs/dedup_decide.py``)
+The in-memory reference (:mod:`filters.dedup.reference`) and the Spark job (``jobs/dedup/decide.py``)
 both run :func:`run_steps` over their own engine: an object that applies one step to its kind of table
 (an Arrow table, a Spark DataFrame) and keeps the rows each step rejects. The engines differ in how a
 step is computed, never in which steps run, in what order, or on which key.

@@ -17,11 +17,11 @@ KEYS = Table(
         Column("phash", "int64", False, "the 16-hex pHash as a signed 64-bit integer (same bits)"),
         Column("text_key", "string", False, "md5 of the normalised text (text_key()): short to shuffle"),
         Column("pixels", "int64", False, "original width * height, 0 when unknown"),
-        Column("robust", "int64", True, "the robust dedup key (curation.hashing.keys_many), same encoding; null when blank"),
+        Column("robust", "int64", True, "the robust dedup key (curation.imagehash.keys_many), same encoding; null when blank"),
         Column("blank", "bool", True, "blank / low-information image kept (reject_blank off): never used as a dedup key"),
-        Column("windows", "list<int64>", True, "robust keys of the image's crop windows (curation.hashing); null when blank"),
-        Column("features", "binary", True, "packed ORB keypoints (curation.local_features.pack_features); null when blank or verify off"),
-        Column("occlusion", "list<int64>", True, "robust keys of the occlusion windows (curation.hash_windows); null when blank or off"),
+        Column("windows", "list<int64>", True, "robust keys of the image's crop windows (curation.imagehash); null when blank"),
+        Column("features", "binary", True, "packed ORB keypoints (curation.imagehash.keypoints.pack_features); null when blank or verify off"),
+        Column("occlusion", "list<int64>", True, "robust keys of the occlusion windows (curation.imagehash.windows); null when blank or off"),
     ),
 )
 KEY_COLUMNS = tuple(KEYS.names)

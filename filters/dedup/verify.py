@@ -4,7 +4,7 @@ keypoints of both ends (``features_a``, ``features_b``) and call :func:`verify_l
 
 With ``verify`` on, ``max_distance`` is the *candidate* distance: a pair whose keys (with windows) are
 within ``verify_link_distance`` is linked as before, one within ``max_distance`` only when
-filters.neardup_verify.verify_pair verifies it. With ``occlusion_windows`` also the pairs whose
+filters.dedup.pair_verify.verify_pair verifies it. With ``occlusion_windows`` also the pairs whose
 occlusion window keys are within ``occlusion_distance`` of each other (window against window,
 :func:`occlusion_links`) are candidates; they are never linked unverified.
 """
@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curation.local_features import unpack_features
+from curation.imagehash.keypoints import unpack_features
 from filters.dedup.bands import near_pairs
 from filters.dedup.hashes import popcount_xor
 from filters.dedup.rules import DedupRules
 from filters.dedup.tables import CANDIDATE_LINKS_SCHEMA, LINKS_SCHEMA, VERIFIED_LINKS_SCHEMA
-from filters.neardup_verify import VerifyRules, verify_pair
+from filters.dedup.pair_verify import VerifyRules, verify_pair
 
 
 def verify_rules(rules: DedupRules) -> VerifyRules:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import storage
-from curation.stages.config import ConfigError, load_config
+from jobs.stages.config import ConfigError, load_config
 from curation.errors import ClusterPathError, IncompleteStageError, InputError, StaleStageError
 from curation.lifecycle import InputNotReadyError, RunContext, StageSpec, Work, fingerprint, input_files, run_stage
 from curation.stage import SUCCESS, StageDir, rejected_table

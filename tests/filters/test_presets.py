@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.stages.select import uid_query
-from curation.stages.selection import DuckDBEngine, count
+from jobs.stages.select import uid_query
+from jobs.stages.preset_query import DuckDBEngine, count
 from filters.presets import (
     DUCKDB,
     SPARK,

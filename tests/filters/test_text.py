@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.stages.filter_text import filter_text_table
+from jobs.stages.filter_text import filter_text_table
 from filters.lexicon import build_word_list, pos_lexicon
 from filters.text import (
     TextRules,

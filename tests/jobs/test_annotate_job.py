@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from curation.stages.annotate import SPEC, plan_chunks, annotate_task
+from jobs.stages.annotate import SPEC, plan_chunks, annotate_task
 from curation.lifecycle import input_files
-from curation.stages.config import AnnotateOptions, Config
+from jobs.stages.config import AnnotateOptions, Config
 from curation.stage import StageDir
 from jobs import annotate as job
 from models.base import MissingWeightsError

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pyspark
 import pytest
 
-from curation.stages.config import load_config
+from jobs.stages.config import load_config
 from jobs import pipeline
 from tests.conftest import REPO
 

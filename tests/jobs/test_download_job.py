@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation.stages.config import Config, DownloadOptions
-from curation.stages.download import WorkItem, plan_work, read_rows
-from curation.fetch import FetchOptions, is_transient
+from jobs.stages.config import Config, DownloadOptions
+from jobs.stages.download import WorkItem, plan_work, read_rows
+from curation.fetch.http import FetchOptions, is_transient
 from curation.lifecycle import InputNotReadyError
-from curation.politeness import PolitenessOptions
+from curation.fetch.politeness import PolitenessOptions
 from curation.stage import StageDir
 from filters.image import ImageRules
 from jobs import download as job
@@ -244,7 +244,7 @@ def test_sample_pipeline_serves_its_images_on_loopback_and_downloads_them(spark,
     serves the generated images there while its stages run, and only loopback is fetched."""
     import socket
 
-    from curation.stages.config import load_config
+    from jobs.stages.config import load_config
     from jobs import pipeline
 
     with socket.socket() as s:  # a free port, so a sample run elsewhere on this machine cannot clash
@@ -287,7 +287,7 @@ def test_job_wide_limit_is_tasks_per_host_times_the_per_task_limit(spark, host_s
 
 
 def test_a_rerun_with_another_shard_plan_is_refused_and_the_finished_stage_stays_finished(image_server, tmp_path):
-    from curation.stages.download import PlanChangedError
+    from jobs.stages.download import PlanChangedError
 
     paths = ["/gen/photo.jpg", "/status/503", "/gen/tiny.jpg"]
     source = make_text_ok(tmp_path / "text_ok", [image_server.url(p) for p in paths], files=1)

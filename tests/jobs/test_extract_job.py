@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from curation.stages.config import Config, ExtractOptions
-from curation.crawl import collapse_duplicates, extract_file
+from jobs.stages.config import Config, ExtractOptions
+from curation.crawl.reader import collapse_duplicates, extract_file
 from curation.stage import InputsChangedError
 from curation.stage import StageDir
 from curation.storage import StorageError

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.stages.config import Config, FilterTextOptions
-from curation.stages.filter_text import filter_text_table
+from jobs.stages.config import Config, FilterTextOptions
+from jobs.stages.filter_text import filter_text_table
 from curation.lifecycle import InputNotReadyError
 from curation.stage import StageDir
 from filters.text import TextRules

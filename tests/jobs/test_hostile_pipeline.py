@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from curation.stages.config import load_config
-from curation.crawl import resolve_url
+from jobs.stages.config import load_config
+from curation.crawl.links import resolve_url
 from curation.stage import DATA, REJECTED_DIR, StageDir, count_reasons
 from jobs import pipeline
 from schemas import Reason
@@ -77,7 +77,7 @@ def _config(root: Path, inputs: list[str]):
             "fetch": {"timeout_s": 1.0, "max_transfer_s": 1.5, "retries": 1, "retry_backoff_s": 0.1,
                       "max_retry_after_s": 5.0, "allowed_addresses": ["127.0.0.1", "::1"]},
             # one loopback server plays every host of the corpus: host-level back-off and cool-down would
-            # couple its rows (tests/curation/test_download_politeness.py tests them)
+            # couple its rows (tests/jobs/stages/test_download_politeness.py tests them)
             "politeness": {"backoff_max_s": 0.0, "failures_before_cooldown": 0},
         },
         "annotate": {"random_models": str(root / "models"), "device": "cpu", "batch_size": 16, "rows_per_shard": 100},

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.stages.config import load_config
+from jobs.stages.config import load_config
 from curation.errors import StaleStageError
-from curation.sample import write_sample
+from curation.sample.crawl_files import write_sample
 from curation.stage import StageDir
 from jobs import pipeline
 from tests.conftest import REPO

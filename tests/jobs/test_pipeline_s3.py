@@ -14,14 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from curation import storage
-from curation.stages.config import load_config
-from curation.images_sample import sample_images
-from curation.sample import write_sample
+from jobs.stages.config import load_config
+from curation.sample.images import sample_images
+from curation.sample.crawl_files import write_sample
 from curation.stage import DATA, REJECTED_DIR, StageDir
 from jobs import extract, hash_index, pipeline
 from jobs.annotate import resolve_models
 from jobs.cli import app
-from models.random_init import write_random_models
+from models.weights.random_init import write_random_models
 from models.runner import AnnotationRunner, RunOptions
 from schemas import ANNOTATED, CANDIDATES
 from tests.conftest import REPO

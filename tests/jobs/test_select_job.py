@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.stages.config import load_config
-from curation.stages.select import read_uids
-from curation.writers import even_shards
+from jobs.stages.config import load_config
+from jobs.stages.select import read_uids
+from curation.output.shards import even_shards
 from jobs import select as job
 from jobs.cli import app
 from schemas import ANNOTATED

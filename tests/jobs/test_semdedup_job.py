@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curation.stages.config import AnnotateOptions, Config, SemdedupOptions
+from jobs.stages.config import AnnotateOptions, Config, SemdedupOptions
 from curation.errors import InputError
-from curation.stages.semdedup import brute_force, load_centroids
+from jobs.stages.semdedup import brute_force, load_centroids
 from curation.stage import StageDir
 from jobs import annotate, pipeline
 from jobs import semdedup as job

@@ -77,7 +77,7 @@ def write_unique(folder: Path, images: list[bytes | None], files: int = 1, row_g
 @pytest.fixture(scope="session")
 def tiny_models_toml(tmp_path_factory) -> str:
     """Tiny random-weight checkpoints of the real architectures, written by the production code."""
-    from models.random_init import write_random_models
+    from models.weights.random_init import write_random_models
 
     return write_random_models(str(tmp_path_factory.mktemp("tiny-models")), "tiny", seed=0)
 

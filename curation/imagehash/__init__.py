@@ -1,0 +1,113 @@
+"""Image hashing: the one entry point of the hashes the pipeline computes.
+
+    perceptual.py  the pHash (``image_phash``): imagehash's bit for bit in exact mode, a fast draft decode otherwise
+    dct_key.py     the DCT block keys behind the robust key and its windows
+    robust.py      the robust dedup key: EXIF-upright, alpha composited, invariant to the 8 rotations/flips
+    windows.py     rotated, deep-aspect and occlusion window keys
+    keypoints.py   ORB keypoints and the small gray copy that pixel verification reads
+
+Callers outside this package import from here; the modules import each other directly.
+"""
+
+from __future__ import annotations
+
+from curation.imagehash.perceptual import (  # noqa: F401
+    HASH_SIZE,
+    DCT_LOW,
+    IMG_SIZE,
+    PRECISION_BITS,
+    LANCZOS_SUPPORT,
+    TIE_TOLERANCE,
+    FAST_DRAFT_SIZE,
+    DECODE_ERRORS,
+    PhashMode,
+    UndecodableImage,
+    HashResult,
+    hex_to_int64,
+    int64_to_hex,
+    hamming,
+    resample_weights,
+    BAND_OUTPUTS,
+    resize_gray_32,
+    hashes_from_pixels,
+    open_image,
+    thumbnail_exact,
+    thumbnail_fast,
+    one_blas_thread,
+    phash_many,
+    phash,
+    phash_image,
+)
+from curation.imagehash.dct_key import block_keys, canonical_block, dihedral_hashes, robust_keys_from_pixels  # noqa: F401
+from curation.imagehash.robust import (  # noqa: F401
+    KEY_BACKGROUND,
+    EXIF_ORIENTATION_TAG,
+    KeyResult,
+    WINDOW_SCALES,
+    WINDOW_PLACES,
+    ASPECT_LENGTHS,
+    ASPECT_PLACES,
+    window_keys_from_pixels,
+    TRIM_SCAN_PX,
+    TRIM_FLAT_STD,
+    TRIM_SMOOTH,
+    TRIM_SYMMETRY,
+    TRIM_MIN,
+    TRIM_MAX_CUT,
+    trimmed_thumbnail,
+    key_thumbnail,
+    blank_reason,
+    keys_many,
+    robust_key,
+)
+
+__all__ = [
+    "HASH_SIZE",
+    "DCT_LOW",
+    "IMG_SIZE",
+    "PRECISION_BITS",
+    "LANCZOS_SUPPORT",
+    "TIE_TOLERANCE",
+    "FAST_DRAFT_SIZE",
+    "DECODE_ERRORS",
+    "PhashMode",
+    "UndecodableImage",
+    "HashResult",
+    "hex_to_int64",
+    "int64_to_hex",
+    "hamming",
+    "resample_weights",
+    "BAND_OUTPUTS",
+    "resize_gray_32",
+    "hashes_from_pixels",
+    "open_image",
+    "thumbnail_exact",
+    "thumbnail_fast",
+    "one_blas_thread",
+    "phash_many",
+    "phash",
+    "phash_image",
+    "KEY_BACKGROUND",
+    "block_keys",
+    "EXIF_ORIENTATION_TAG",
+    "KeyResult",
+    "dihedral_hashes",
+    "canonical_block",
+    "robust_keys_from_pixels",
+    "WINDOW_SCALES",
+    "WINDOW_PLACES",
+    "ASPECT_LENGTHS",
+    "ASPECT_PLACES",
+    "window_keys_from_pixels",
+    "TRIM_SCAN_PX",
+    "TRIM_FLAT_STD",
+    "TRIM_SMOOTH",
+    "TRIM_SYMMETRY",
+    "TRIM_MIN",
+    "TRIM_MAX_CUT",
+    "trimmed_thumbnail",
+    "key_thumbnail",
+    "blank_reason",
+    "keys_many",
+    "robust_key",
+]

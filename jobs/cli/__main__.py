@@ -1,0 +1,5 @@
+import sys
+
+from jobs.cli.commands import main
+
+sys.exit(main())
