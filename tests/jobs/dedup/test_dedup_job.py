@@ -31,7 +31,7 @@ from jobs.dedup import decide as dedup_decide
 from jobs.cli import app
 from schemas import FETCHED, HASH_LIST, UNIQUE
 from tests.conftest import shared
-from tests.filters.test_dedup import NEAR_K, PHOTOS, photo_rows
+from tests.filters.dedup.test_dedup import NEAR_K, PHOTOS, photo_rows
 
 pytestmark = pytest.mark.spark
 
@@ -307,7 +307,7 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
 def test_verified_near_duplicates_in_spark_equal_the_reference(spark, tmp_path):
     """[dedup.rules] verify with rotated / deep / occlusion windows: the job's decisions (and details with
     the verdicts) equal the in-memory reference's on real photos, their turned copies and banner copies."""
-    from tests.filters.test_dedup_verify import ON, decided, edited_rows
+    from tests.filters.dedup.test_verify import ON, decided, edited_rows
 
     images = edited_rows()
     first = fetched_rows()[0]
