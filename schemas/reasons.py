@@ -56,6 +56,9 @@ class Reason(StrEnum):
     DUPLICATE_PAIR = "duplicate_pair"
     # semdedup
     SEMANTIC_DUPLICATE = "semantic_duplicate"  # CLIP image embedding within 1 - eps of a kept row's; detail = kept uid, similarity
+    # balance (MetaCLIP metadata balancing); detail = the row's entries with the fewest matches
+    NO_METADATA_MATCH = "no_metadata_match"  # the caption matches no metadata entry
+    BALANCED_OUT = "balanced_out"  # matched, but none of its entries sampled it (each keeps t of its count)
 
     @classmethod
     def values(cls) -> list[str]:
