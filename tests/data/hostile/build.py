@@ -2,7 +2,7 @@
 
     python -m tests.data.hostile.build        # (re)writes the committed files next to this script
 
-Files are Common Crawl's framing, written by curation/sample.py's record builders (one gzip member per
+Files are Common Crawl's framing, written by curation/sample/crawl_files.py's record builders (one gzip member per
 record, WARC/1.0 headers, exact Content-Length and digests, a WAT record per WARC record): each case
 is one page (``Page``) whose records are then broken the way the case says (its ``kind``). The pages of
 cases with ``file = "server"`` link to the loopback image server of the test, whose port is only
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from curation.sample import (
+from curation.sample.crawl_files import (
     Page,
     Record,
     _Generator,
