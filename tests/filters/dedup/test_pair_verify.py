@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.imagehash.keypoints import EMPTY, features_from_gray
-from filters.dedup.pair_verify import VerifyRules, block_agreement, descriptor_distances, linked, mutual_matches, verify_pair
+from curation.imagehash.keypoints import EMPTY, LocalFeatures, features_from_gray
+from filters.dedup.pair_verify import (
+    Verdict,
+    VerifyRules,
+    block_agreement,
+    descriptor_distances,
+    linked,
+    mutual_matches,
+    photometric_agreement,
+    verify_pair,
+)
 from tests.conftest import photo_image, shared, sticker
 
 
@@ -133,3 +142,50 @@ def test_block_agreement_counts_textured_blocks_that_correlate():
     half = np.float64([[1, 0, 24], [0, 1, 0]])  # shifted right by half the width: the left half is uncovered
     agreement, covered = block_agreement(texture, np.roll(texture, 24, axis=1), half)
     assert covered == 0.5 and agreement == 1.0
+
+
+KEYPOINT_RULES = VerifyRules(min_inliers=10, min_cells=7, photometric=False)
+
+
+def _verdict(inliers: int, cells: int, agreement: float | None = None) -> Verdict:
+    return Verdict(matches=inliers + 5, inliers=inliers, scale=1.0, angle=0.0, support=1.0, cells=cells, agreement=agreement)
+
+
+def test_a_pair_with_exactly_min_cells_agreeing_cells_verifies():
+    assert _verdict(inliers=12, cells=7).verified(KEYPOINT_RULES)
+    assert not _verdict(inliers=12, cells=6).verified(KEYPOINT_RULES)
+
+
+def test_a_pair_with_exactly_min_inliers_agreeing_matches_verifies():
+    assert _verdict(inliers=10, cells=9).verified(KEYPOINT_RULES)
+    assert not _verdict(inliers=9, cells=9).verified(KEYPOINT_RULES)
+
+
+def test_a_pair_whose_pixels_agree_on_exactly_min_agreement_verifies():
+    rules = VerifyRules(min_inliers=10, min_cells=7, photometric=True, min_agreement=0.5)
+    assert _verdict(inliers=6, cells=2, agreement=0.5).verified(rules)
+    assert not _verdict(inliers=6, cells=2, agreement=0.49).verified(rules)
+    assert not _verdict(inliers=6, cells=2, agreement=0.5).verified(replace(rules, photometric=False))
+
+
+def _thumb_features(thumb: np.ndarray) -> LocalFeatures:
+    """No keypoints, the tiny copy only; the small copy's size is the tiny copy's, so maps between them are the identity."""
+    return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), (thumb.shape[1], thumb.shape[0]), thumb)
+
+
+def test_pixels_that_agree_one_way_only_count_the_direction_that_agrees_less():
+    """b shows a shifted right by 4 pixels (b[:, x + 4] = a[:, x]) except b[:, 4:8], the inverse of a[:, 0:4].
+    a onto b covers b's blocks 1..3 (a[:, 4:28]): all three agree. b onto a covers a's blocks 0..2 (a[:, 0:24]):
+    block 0 holds the inverted columns, half correlated and half anti-correlated, so 2 of 3 agree."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (8, 32)).astype(np.uint8)
+    b = rng.integers(0, 256, (8, 32)).astype(np.uint8)
+    b[:, 4:32] = a[:, 0:28]
+    b[:, 4:8] = 255 - a[:, 0:4]
+    a_to_b, b_to_a = np.float64([[1, 0, 4], [0, 1, 0]]), np.float64([[1, 0, -4], [0, 1, 0]])
+    assert block_agreement(a, b, a_to_b) == (1.0, 0.75)
+    assert block_agreement(b, a, b_to_a) == (pytest.approx(2 / 3), 0.75)
+    fa, fb = _thumb_features(a), _thumb_features(b)
+    assert photometric_agreement(fa, fb, a_to_b, min_overlap=0.1) == pytest.approx(2 / 3)
+    assert photometric_agreement(fb, fa, b_to_a, min_overlap=0.1) == pytest.approx(2 / 3)
+    assert photometric_agreement(fa, fb, a_to_b, min_overlap=0.8) == 0.0  # each direction covers 0.75 of its picture

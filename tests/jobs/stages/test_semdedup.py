@@ -129,3 +129,19 @@ def test_the_second_sample_config_runs_semdedup_after_annotate_with_embeddings()
     cfg = load_config("configs/sample-semdedup.toml")
     assert cfg.pipeline.stages[-2:] == ("annotate", "semdedup") and cfg.annotate.embeddings == "vitb32"
     assert load_config("configs/sample.toml").pipeline.stages == ()  # the default run leaves semdedup out
+
+
+def test_a_row_exactly_at_one_minus_eps_is_kept_and_one_above_it_is_rejected():
+    # (1, 0) . (3, 4) / 5 = 0.6 exactly in float32, and float32(1 - 0.4) is the same number: not above the threshold
+    a, b = np.array([1.0, 0.0]), np.array([3.0, 4.0])
+    emb = np.stack([a, b])
+    assert np.float32((normalised(emb) @ normalised(emb).T)[0, 1]) == np.float32(1.0 - 0.4)
+    for block_rows in (1, 2048):
+        at = decide_cluster(["a", "b"], np.array([2.0, 1.0]), emb, eps=0.4, block_rows=block_rows)
+        assert list(at["kept_by"]) == [-1, -1]
+        assert at["nn_similarity"][1] == np.float32(0.6)
+        above = decide_cluster(["a", "b"], np.array([2.0, 1.0]), emb, eps=0.41, block_rows=block_rows)
+        assert list(above["kept_by"]) == [-1, 0]
+        assert above["similarity"][1] == np.float32(0.6)
+    assert brute_force(["a", "b"], np.array([2.0, 1.0]), emb, eps=0.4) == {}
+    assert brute_force(["a", "b"], np.array([2.0, 1.0]), emb, eps=0.41) == {"b": "a"}
