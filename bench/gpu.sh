@@ -8,7 +8,7 @@
 #   bench/gpu.sh                      # from anywhere; PYTHON=... to choose the interpreter
 #   IMAGES=4096 BATCH=256 bench/gpu.sh
 #
-# Targets (issue 20): whole stage >= 1,500 images/s, B/32 alone >= 4,000 images/s on one H100-class GPU.
+# Targets: whole stage >= 1,500 images/s, B/32 alone >= 4,000 images/s on one H100-class GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then

@@ -14,7 +14,7 @@ class CurationError(Exception):
 
 
 class StaleStageError(CurationError):
-    """A stage folder was built from (or started on) another version of its input than the one now given."""
+    """A stage folder was built from (or started on) another version of its input than the one given to this run."""
 
 
 class IncompleteStageError(CurationError):

@@ -1,7 +1,7 @@
 """The canonical (dihedral-invariant) block key shared by the robust dedup key (curation.imagehash.robust)
-and the extra window keys of issue 19 (curation.imagehash.windows): the 8x8 low DCT block brought to one
-orientation among its 8 rotations/flips, thresholded at its own median. See curation.imagehash.robust's
-comments for why.
+and the extra window keys of curation.imagehash.windows (rotated, deep aspect, occlusion): the 8x8 low
+DCT block brought to one orientation among its 8 rotations/flips, thresholded at its own median. See
+curation.imagehash.robust's comments for why.
 """
 
 from __future__ import annotations

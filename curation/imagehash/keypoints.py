@@ -1,4 +1,4 @@
-"""Compact local features of an image for near-duplicate verification (issue 19).
+"""Compact local features of an image for near-duplicate verification.
 
 A 64-bit perceptual key sees the whole picture: a copy cropped to another aspect, rotated by a few
 degrees or with a sticker over a fifth of it lands too far from the original's key (or any of its
@@ -173,7 +173,7 @@ def pack_features(f: LocalFeatures) -> bytes:
 
 
 def unpack_features(blob: bytes | None) -> LocalFeatures:
-    """pack_features' inverse; a blob of the earlier layout (size, then records; no tiny copy) unpacks
+    """pack_features' inverse; a blob of the short layout (no magic: size, then records; no tiny copy) unpacks
     without ``thumb``, and such a pair is verified by its keypoints alone."""
     if not blob or len(blob) < 4:
         return EMPTY

@@ -19,7 +19,7 @@ would shift the image) with Pillow's LANCZOS; other formats take the exact path,
 decoding. Its hash may differ from exact by a few bits: bench/phash.py measures the distribution
 (<= 2 bits on 99.2 % of 2,000 photo-like JPEGs).
 
-The **robust dedup key** (``keys_many``, issue 10) comes from the same decode and lives in
+The **robust dedup key** (``keys_many``) comes from the same decode and lives in
 :mod:`curation.imagehash.robust`; :mod:`curation.imagehash` re-exports both. ``image_phash`` stays imagehash's.
 
 Every public entry point holds BLAS to one thread while it runs (``one_blas_thread``, threadpoolctl):
@@ -272,7 +272,6 @@ def _dct_matrix(n: int = IMG_SIZE) -> np.ndarray:
 
 
 DCT_LOW = np.ascontiguousarray(_dct_matrix()[:HASH_SIZE])  # (8, 32): the low rows of the 32-point DCT-II
-_DCT_LOW = DCT_LOW  # the old private name
 
 
 def _bits_reference(pixels: np.ndarray) -> np.ndarray:
@@ -288,7 +287,7 @@ def hashes_from_pixels(pixels: np.ndarray) -> list[str]:
     """pHashes of a (N, 32, 32) uint8 batch of grayscale thumbnails."""
     if pixels.shape[0] == 0:
         return []
-    low = _DCT_LOW @ pixels.astype(np.float64) @ _DCT_LOW.T  # (N, 8, 8)
+    low = DCT_LOW @ pixels.astype(np.float64) @ DCT_LOW.T  # (N, 8, 8)
     flat = low.reshape(len(pixels), -1)
     median = np.median(flat, axis=1, keepdims=True)
     bits = flat > median

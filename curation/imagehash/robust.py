@@ -102,7 +102,7 @@ _WINDOWS = _window_matrices()
 _CROP_LOW = (np.stack([r for r, _ in _WINDOWS]), np.stack([c for _, c in _WINDOWS]))
 
 
-# Aspect windows (issue 19, ``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
+# Aspect windows (``aspect=True``): windows that keep one axis whole and take ASPECT_LENGTHS of
 # the other, at its start, centre or end: a copy cut by a strip on one side, or cropped to another aspect
 # ratio and resized, is the original's matching aspect window. 2 axes x 6 lengths x 3 places = 36 more
 # window keys, closed under the 8 rotations/flips like the crop windows.
@@ -133,7 +133,7 @@ def window_keys_from_pixels(pixels: np.ndarray, aspect: bool = False) -> list[tu
     return window_keys(pixels, *(_CROP_ASPECT_LOW if aspect else _CROP_LOW))
 
 
-# Border trimming (issue 19, ``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
+# Border trimming (``trim=True``): letterbox / pillarbox bars (flat black, white or any flat
 # colour, or the picture itself enlarged and blurred) are found on a ~TRIM_SCAN_PX copy of the grayscale
 # image: a run of edge rows (columns) that are flat (std under TRIM_FLAT_STD) or nearly detail-free
 # (mean absolute gradient under TRIM_SMOOTH of the picture's median row), on *both* sides of an axis, of

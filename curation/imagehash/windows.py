@@ -1,4 +1,4 @@
-"""Rotated window keys (issue 19): the robust dedup key of an image turned by a few angles.
+"""Rotated window keys: the robust dedup key of an image turned by a few angles.
 
 A copy rotated by 3-30 degrees is neither a crop nor a dihedral variant of the original, so its key lands
 far from the original's key and from every crop / aspect window key. Each image therefore also gets, for
@@ -120,7 +120,7 @@ def rotated_window_keys(thumb: np.ndarray, width: int, height: int, angles: tupl
 # point (AB_BITS fraction bits, rounded to 1/2**INTER_BITS of a pixel) and hands those positions to
 # cv2.remap; _fixed_point_positions computes the same positions for every window of every picture
 # at once, so that one cv2.remap over the stacked thumbnails gives, bit for bit, what one warpAffine
-# per window gave (tests/curation/imagehash/test_windows.py compares them). Each thumbnail is stacked with
+# per window gives (tests/curation/imagehash/test_windows.py compares them). Each thumbnail is stacked with
 # a one-pixel replicated border and positions outside it clamped onto it: the same pixels
 # BORDER_REPLICATE reads.
 _AB_BITS, _INTER_BITS = 10, 5
@@ -230,7 +230,7 @@ def deep_lengths(width: float, height: float) -> tuple[tuple[int, float], ...]:
 # The matrices are cached per band (axis, length): pictures of every size share them (lengths are rounded
 # to 1/100 of DEEP_MIN_LENGTH..DEEP_MAX_LENGTH: at most 2 x 51 bands), and a length set new to the process
 # (one per aspect ratio, to 1/100) only concatenates cached parts. Cached per set instead, images of many
-# sizes rebuilt ~100 window matrices each (~14 ms a picture, more than all its other keys).
+# sizes would rebuild ~100 window matrices each (~14 ms a picture, more than all its other keys).
 @lru_cache(maxsize=None)
 def _deep_band(band: tuple[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rows, cols = _band_matrices((band,), deep_places(band[1]))

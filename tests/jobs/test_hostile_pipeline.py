@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 STAGES = list(pipeline.DEFAULT_STAGES)  # extract, filter-text, download, dedup, annotate
 KEPT = "kept"
-# what issue 9 asks the corpus to hold: category -> ids of cases.toml that cover it
+# what the hostile corpus must hold: category -> ids of cases.toml that cover it
 REQUIRED = {
     "crawl": ["corrupt-gzip-member", "truncated-record", "content-length-not-a-number", "content-length-missing",
               "invalid-json", "non-utf8-alt", "latin1-in-utf8-page", "megabyte-alt", "thousands-of-links",

@@ -171,7 +171,7 @@ def test_hashes_from_pixels_of_an_empty_batch():
     assert HashResult("0" * 16).error is None
 
 
-# --- the robust dedup key (issue 10) --------------------------------------------------------------
+# --- the robust dedup key -------------------------------------------------------------------------
 
 
 ORIENTATIONS = [None, *Image.Transpose]  # upright and the 7 other rotations / flips
@@ -305,11 +305,11 @@ def test_blank_images_have_no_window_keys():
     assert keys_many([white])[0].windows == ()
 
 
-# --- issue 19: aspect windows, border trimming, one BLAS thread ------------------------------------
+# --- aspect windows, border trimming, one BLAS thread ----------------------------------------------
 
 N_CROP = len(WINDOW_SCALES) * len(WINDOW_PLACES)
 N_ASPECT = 2 * len(ASPECT_LENGTHS) * len(ASPECT_PLACES)
-ISSUE19_PHOTOS = ["coco-val2017-000000397133.jpg", "skimage-coffee.png", "skimage-chelsea.png", "skimage-astronaut.png"]
+EDITED_PHOTOS = ["coco-val2017-000000397133.jpg", "skimage-coffee.png", "skimage-chelsea.png", "skimage-astronaut.png"]
 
 
 def _strip(image: Image.Image, side: str, frac: float) -> Image.Image:
@@ -327,7 +327,7 @@ def _bars(image: Image.Image, frac: float, fill) -> Image.Image:
 
 def test_aspect_windows_catch_one_side_strip_crops_and_are_off_by_default():
     hits = total = 0
-    for name in ISSUE19_PHOTOS:
+    for name in EDITED_PHOTOS:
         image = _small_photo(name, 320)
         copies = [_encode(_strip(image, side, frac), "JPEG", quality=90) for side in ("top", "left", "bottom") for frac in (0.08, 0.15)]
         original, *crops = keys_many([_encode(image, "JPEG", quality=90), *copies], aspect_windows=True)
@@ -335,11 +335,11 @@ def test_aspect_windows_catch_one_side_strip_crops_and_are_off_by_default():
         hits += sum(min(hamming(c.key, w) for w in original.windows) <= ROBUST_K for c in crops)
         total += len(crops)
     assert hits >= 0.8 * total, (hits, total)
-    assert len(keys_many([_encode(_small_photo(ISSUE19_PHOTOS[0], 320), "JPEG")])[0].windows) == N_CROP  # default: crop windows only
+    assert len(keys_many([_encode(_small_photo(EDITED_PHOTOS[0], 320), "JPEG")])[0].windows) == N_CROP  # default: crop windows only
 
 
 def test_trimmed_key_of_a_letterboxed_copy_is_the_original_key():
-    for name in ISSUE19_PHOTOS:
+    for name in EDITED_PHOTOS:
         image = _small_photo(name, 320)
         for fill in ("black", "white"):
             boxed = _encode(_bars(image, 0.3, fill), "JPEG", quality=90)
@@ -373,7 +373,7 @@ def test_hashing_holds_blas_to_one_thread_and_restores_the_callers_setting():
 
         hashing_module.resize_gray_32 = spy
         try:
-            keys_many([_encode(_small_photo(ISSUE19_PHOTOS[0], 64), "PNG")])
+            keys_many([_encode(_small_photo(EDITED_PHOTOS[0], 64), "PNG")])
         finally:
             hashing_module.resize_gray_32 = original
         after = numpy_blas()
@@ -387,7 +387,7 @@ def test_the_dedup_rules_choose_the_windows_the_stage_hashes():
     from jobs.stages.dedup import hash_images
     from filters.dedup import DedupRules
 
-    boxed = _encode(_bars(_small_photo(ISSUE19_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)
+    boxed = _encode(_bars(_small_photo(EDITED_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)
     column = pa.array([boxed], pa.binary())
     assert len(hash_images(column, DedupRules())[0].windows) == N_CROP
     assert len(hash_images(column, DedupRules(aspect_windows=True, trim_borders=True))[0].windows) == N_CROP + N_ASPECT + 1

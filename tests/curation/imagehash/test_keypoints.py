@@ -90,11 +90,11 @@ def test_the_tiny_copy_is_the_small_copy_at_thumb_side():
     assert abs(f.thumb.shape[0] / f.thumb.shape[1] - h / w) < 0.05
 
 
-def test_blobs_of_the_earlier_layout_unpack_without_a_tiny_copy():
+def test_blobs_of_the_short_layout_unpack_without_a_tiny_copy():
     f = features_from_gray(_gray(1))
     xy = np.clip(np.rint(f.xy * 8), 0, 65535).astype("<u2")
     records = np.concatenate([xy.view(np.uint8).reshape(-1, 4), f.descriptors], axis=1)
-    old = np.array(f.size, "<u2").tobytes() + records.tobytes()  # size, then records: what rows hashed before hold
+    old = np.array(f.size, "<u2").tobytes() + records.tobytes()  # the short layout: size, then records, no magic
     back = unpack_features(old)
     assert back.thumb is None and back.size == f.size
     np.testing.assert_array_equal(back.descriptors, f.descriptors)

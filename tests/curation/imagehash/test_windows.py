@@ -198,7 +198,7 @@ def test_masked_centres_of_a_copy_with_a_sticker_in_the_middle_match_the_origina
 
 
 def _grid_map_reference(size, thumb, angle, box):
-    """The per-window map in plain Python floats, as it was computed before rotation_maps batched it."""
+    """The per-window map in plain Python floats, one window at a time: the reference for the batched rotation_maps."""
     (w, h), (bw, bh) = size, box
     a = math.radians(angle)
     c, s = math.cos(a), math.sin(a)

@@ -277,7 +277,7 @@ def test_decisions_do_not_depend_on_row_order():
 
 
 
-# --- the robust key and blank rows (issue 10) -------------------------------------------------------
+# --- the robust key and blank rows ----------------------------------------------------------------
 
 
 def test_robust_key_groups_what_phash_does_not_and_blank_rows_never_take_part():

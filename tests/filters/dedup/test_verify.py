@@ -1,5 +1,5 @@
-"""Issue 19's options of the dedup step in the in-memory reference: rotated / deep / occlusion window keys
-and the ORB verification of candidate pairs (filters.dedup.verify), on real photos and their edits."""
+"""The extra-window and verification options of the dedup step in the in-memory reference: rotated / deep /
+occlusion window keys and the ORB verification of candidate pairs (filters.dedup.verify), on real photos and their edits."""
 
 from __future__ import annotations
 
@@ -151,6 +151,6 @@ def test_a_verified_link_s_detail_names_the_verdict():
         ({"occlusion_distance": 0}, "occlusion_distance"),
     ],
 )
-def test_issue19_options_are_validated(options, message):
+def test_invalid_window_and_verify_options_raise_config_error(options, message):
     with pytest.raises(DedupConfigError, match=message):
         DedupRules(**options)

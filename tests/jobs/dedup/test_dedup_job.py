@@ -221,7 +221,7 @@ def test_commands_have_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-# --- robust key and blank images (issue 10) ---------------------------------------------------------
+# --- robust key and blank images ------------------------------------------------------------------
 
 
 def _robust_rows() -> list[dict]:
