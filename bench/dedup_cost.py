@@ -8,11 +8,11 @@ shapes (``--shapes``):
   shorter side 384 px, JPEG q90), which is what the dedup stage reads in the pipeline;
 - ``original``: as fetched (a run with ``resize_side_px = 0``, or dedup over other images).
 
-Rule sets (``[dedup.rules]``):
+Rule sets (``[dedup.rules] mode``, filters.dedup.MODES):
 
-- ``sample``: configs/sample.toml's (robust key, crop + aspect windows, trimmed key);
-- ``verified``: that plus issue 19's options as the README gives them (``max_distance = 10``,
-  ``rotation_windows``, ``deep_windows``, ``verify``: ORB keypoints + 64 px copy, ``occlusion_windows``);
+- ``sample``: configs/sample.toml's (mode ``robust``: robust key, crop + aspect windows, trimmed key);
+- ``verified``: mode ``verified``: that plus rotated, deep and occlusion windows and ORB keypoints + a
+  64 px copy per image (candidates within 10 verified);
 - ``verified-no-keypoints``: the same windows without the keypoints, to show what they cost.
 
 Reported: CPU ms per image in this process (BLAS held to one thread, as the stage does) and the ratio to
@@ -23,8 +23,7 @@ decode is cheaper and the fixed per-image work weighs more).
 
     python bench/dedup_cost.py [--images 600] [--shapes stored original] [--processes 2] [--json out.json]
 
-The issue 19 target is cost <= 1.5x plain pHash (printed for each rule set; no exit code, this is a
-measurement).
+The target is cost <= 1.5x plain pHash (printed for each rule set; no exit code, this is a measurement).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from curation.imagehash import PhashMode, phash_many  # noqa: E402
 from jobs.stages.dedup import hash_images  # noqa: E402
 from filters.dedup import DedupRules  # noqa: E402
+from jobs.stages.config import load_config  # noqa: E402
 from phash import cached_images  # noqa: E402
 
 TARGET_COST = 1.5
@@ -57,16 +56,13 @@ BATCH = 256  # images per call, as hash_batch_rows
 
 
 def sample_rules() -> DedupRules:
-    with open(REPO / "configs" / "sample.toml", "rb") as fh:
-        return DedupRules(**tomllib.load(fh)["dedup"]["rules"])
+    return load_config(str(REPO / "configs" / "sample.toml")).dedup.rules
 
 
 def rule_sets() -> dict[str, DedupRules]:
-    sample = sample_rules()
-    verified = replace(sample, key="robust", max_distance=10, rotation_windows=True, deep_windows=True, verify=True,
-                       occlusion_windows=True)
-    windows_only = replace(verified, verify=False, occlusion_windows=False)
-    return {"sample": sample, "verified": verified, "verified-no-keypoints": windows_only}
+    verified = DedupRules(mode="verified")
+    windows_only = DedupRules("verified", replace(verified.keys, occlusion_windows=False), replace(verified.links, verify=False))
+    return {"sample": sample_rules(), "verified": verified, "verified-no-keypoints": windows_only}
 
 
 def methods() -> dict[str, object]:
@@ -74,7 +70,9 @@ def methods() -> dict[str, object]:
     out: dict[str, object] = {"phash": lambda images: [r.phash for i in range(0, len(images), BATCH)
                                                         for r in phash_many(images[i : i + BATCH], PhashMode.EXACT)]}
     for name, rules in sets.items():
-        out[name] = lambda images, rules=rules: hash_images(_as_arrow(images), replace(rules, hash_batch_rows=BATCH))
+        out[name] = lambda images, rules=rules: hash_images(
+            _as_arrow(images), replace(rules.keys, hash_batch_rows=BATCH), rules.keypoints
+        )
     return out
 
 

@@ -10,7 +10,7 @@ pairs found, and recall = planted pairs found / planted pairs.
 
     python bench/neardup.py [--sizes 250000 500000 1000000] [--k 4] [--keys uniform|real] [--json out.json] [--check]
 
-``--keys real`` (issue 19): real pHashes are not uniform (the DC-adjacent bits are nearly always set)
+``--keys real``: real pHashes are not uniform (the DC-adjacent bits are nearly always set)
 and cluster, so uniform hashes flatter the banded join. The base hashes are then drawn from the robust
 keys and crop-window keys of the real photos and their edits (bench/neardup_quality.py's hard edits,
 one copy per class), each with ``--noise`` (0.15) of its bits flipped at random (the bias of each bit
@@ -39,7 +39,7 @@ import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
 
-from filters.dedup import KEYS, DedupRules
+from filters.dedup import KEYS, DedupRules, KeyRules, LinkRules
 from jobs.dedup import decide as dedup_decide
 from jobs.dedup.decide import decide
 from jobs.session import build_spark_session
@@ -138,7 +138,7 @@ def synthetic_keys(n: int, k: int, planted: float, seed: int, keys: str = "unifo
                 pa.array(list(_base_hashes(rng, n * windows, keys, noise).reshape(n, windows)), pa.list_(pa.int64()))
                 if windows else pa.nulls(n, pa.list_(pa.int64()))
             ),
-            "features": pa.nulls(n, pa.binary()),  # [dedup.rules] verify off: no keypoints, no occlusion windows
+            "features": pa.nulls(n, pa.binary()),  # [dedup.rules.links] verify off: no keypoints, no occlusion windows
             "occlusion": pa.nulls(n, pa.list_(pa.int64())),
         },
         schema=KEYS.arrow_schema(),
@@ -155,8 +155,10 @@ def run_size(spark, n: int, k: int, planted: float, seed: int, workdir: str, ban
 
     pq.write_table(keys_table, src)
     keys = spark.read.parquet(src).localCheckpoint()  # the input, in memory as a job's keys would be
-    rules = DedupRules(max_distance=k, pairs=False, exact=False, bands=bands,  # the near-duplicate step alone
-                       key="robust" if windows else "phash", crop_windows=bool(windows))
+    rules = DedupRules(  # the near-duplicate step alone
+        keys=KeyRules(key="robust" if windows else "phash", crop_windows=bool(windows)),
+        links=LinkRules(max_distance=k, pairs=False, exact=False, bands=bands),
+    )
     started = time.perf_counter()
     decisions, info = decide(keys, rules, None)
     sink = os.path.join(workdir, f"decisions-{n}")

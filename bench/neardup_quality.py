@@ -1,4 +1,4 @@
-"""Near-duplicate quality of the dedup keys under the edits people make (issues 10 and 19), on a
+"""Near-duplicate quality of the dedup keys under the edits people make, on a
 labelled set built here from the real photos of ../shared/data/images/photos, with Facebook's PDQ
 hash measured side by side in the same run.
 
@@ -18,7 +18,7 @@ class, at random strengths:
   aspect; ``rotate_fill``: rotated by 3-30 degrees onto a larger canvas filled black or white;
 - ``combo``: one of the above, then downscaled to 40-80 % and re-encoded at JPEG quality 35-60;
 
-plus the edits issue 10 covered (``easy``: resize 50 %, JPEG q30, a centred 10 % crop, rot90, mirror,
+plus easy edits (``easy``: resize 50 %, JPEG q30, a centred 10 % crop, rot90, mirror,
 EXIF orientation 6, brightness +30 %, an RGBA PNG with a transparent noisy border), and the transparent
 logos of ../shared/data/images/odd paired with their white-background composites. Overlay texts,
 colours, positions and bar colours depend only on (class, copy), so the same template lands on every
@@ -37,7 +37,7 @@ Methods, each at its threshold: ``phash`` (imagehash's, k), ``robust`` (the robu
 ``stage`` (the dedup stage as configs/sample.toml configures it: robust key + crop windows at k: a pair
 is linked when one key is within k of the other key or of one of its window keys), ``pdq`` (256-bit
 PDQ of the EXIF-upright, alpha-composited image, best of its 8 dihedral hashes, at distance 31, 63, 90
-and its best threshold with precision >= 0.99 on the bench pairs), and (issue 19, unless ``--no-verify``):
+and its best threshold with precision >= 0.99 on the bench pairs), and (the verified mode's parts, unless ``--no-verify``):
 ``rot`` (the stage's keys plus 40 rotated window keys, curation.imagehash.windows, at k), ``rot+deep`` (plus ~97
 deep aspect windows: crops to common aspect ratios), ``occlusion`` (12 occlusion windows and 3 masked centres matched window against window, at k),
 ``rot+deep+verify`` (rot+deep keys within VerifyRules.link_distance linked as they are, pairs within
@@ -64,7 +64,6 @@ import io
 import random
 import sys
 import time
-import tomllib
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -280,7 +279,7 @@ def hard_edits(rgb: Image.Image, photo: int, copies: int, seed: int) -> list[tup
     return out
 
 
-# --- the easy edits of issue 10 ------------------------------------------------------------------
+# --- the easy edits --------------------------------------------------------------------------------
 
 
 def _exif(image: Image.Image, tag: int) -> bytes:
@@ -634,12 +633,13 @@ class _Candidates:
 
 def configured() -> tuple[int, str]:
     """(max_distance, the stage variant) of configs/sample.toml's [dedup.rules]."""
-    with open(REPO / "configs" / "sample.toml", "rb") as fh:
-        rules = tomllib.load(fh)["dedup"]["rules"]
+    from jobs.stages.config import load_config
+
+    rules = load_config(str(REPO / "configs" / "sample.toml")).dedup.rules
     variant = "+".join(
-        ["crop"] + [name for name, key in (("aspect", "aspect_windows"), ("trim", "trim_borders")) if rules.get(key, False)]
+        ["crop"] + [name for name, on in (("aspect", rules.keys.aspect_windows), ("trim", rules.keys.trim_borders)) if on]
     )
-    return int(rules["max_distance"]), variant
+    return rules.links.max_distance, variant
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also print recall/precision for k = 0..12")
     ap.add_argument("--no-pdq", action="store_true", help="skip PDQ (pdqhash not installed)")
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive negative pairs")
-    ap.add_argument("--no-verify", action="store_true", help="skip the rotated windows and ORB verification (issue 19)")
+    ap.add_argument("--no-verify", action="store_true", help="skip the rotated windows and ORB verification (the verified mode)")
     args = ap.parse_args(argv)
     k_config, stage = configured()
     k = k_config if args.distance is None else args.distance
@@ -799,8 +799,8 @@ def main(argv: list[str] | None = None) -> int:
         t_orb = _cpu(lambda: [features_from_gray(g) for g in grays])
         t_new = t_stage + t_rot + t_orb
         stored = np.mean([len(pack_features(f)) for f in features])
-        print(f"issue 19 (one core, CPU time): rotated + deep + occlusion window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
-              f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage keys + new windows + ORB = {t_new / t_plain:.2f}x pHash "
+        print(f"verified mode (one core, CPU time): rotated + deep + occlusion window keys {per(t_rot)} ({t_rot / t_plain:.2f}x pHash), ORB features "
+              f"{per(t_orb)} ({t_orb / t_plain:.2f}x) on the decoded grayscale; stage keys + rotated, deep and occlusion windows + ORB = {t_new / t_plain:.2f}x pHash "
               f"(target <= {TARGET_COST}); verification {1e3 * verified.verdicts.seconds / max(1, len(verified.verdicts.by_pair)):.3f} ms "
               f"per pair ({len(verified.verdicts.by_pair):,} pairs); storage per row: {stored:.0f} bytes of features: keypoints + tiny copy (at most "
               f"{PACKED_MAX}) + {8 * (extra.shape[1] + deep_a_row + len(occluded[0])):.0f} bytes of rotated + deep + occlusion window keys (average)")

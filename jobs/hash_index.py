@@ -48,10 +48,10 @@ def run(spark: SparkSession, sources: list[str], output: str, config: Config, ov
         sets: dict[str, int] = {}
         for s in stage.completed_shards().values():
             sets[s.extra["set_name"]] = sets.get(s.extra["set_name"], 0) + s.rows_out
-        extra = {"phash_mode": rules.phash_mode, "sets": dict(sorted(sets.items())), "skipped_files": skipped[:100],
+        extra = {"phash_mode": rules.keys.phash_mode, "sets": dict(sorted(sets.items())), "skipped_files": skipped[:100],
                  "skipped_file_count": len(skipped)}
         return Work({index_shard(u.index) for u in units}, extra)
 
-    settings = {"units_sha256": hashlib.sha256(listing).hexdigest(), "phash_mode": rules.phash_mode}
+    settings = {"units_sha256": hashlib.sha256(listing).hexdigest(), "phash_mode": rules.keys.phash_mode}
     return run_stage(SPEC, stage, [storage.absolute(split_source(s)[1]) for s in sources], work, config=config.to_dict(),
                      context=run_context(spark, overwrite, redo_stale), settings=settings)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters.dedup.hashes import int64_to_phash
-from filters.dedup.rules import DedupRules
+from filters.dedup.rules import LinkRules
 from filters.dedup.tables import DECISIONS, DECISIONS_SCHEMA, KEY_COLUMNS, KEYS_DECIDED, MATCHES, NODE_LINKS_SCHEMA, PREFERENCE, VERDICT_COLUMNS
 from schemas import DETAIL, REASON, UID, Reason
 
@@ -117,13 +117,14 @@ def collapse_groups(keys: pa.Table, group_by: list[str], reason: Reason) -> tupl
     dropped = with_decision(ordered.filter(pa.array(~first)), reason, kept_uid)
     return ordered.filter(pa.array(first)), dropped
 
-def collapse_exact(keys: pa.Table, rules: DedupRules) -> tuple[pa.Table, pa.Table]:
-    """Steps 2 and 3 on rows that share pHashes (a whole table, or the pHash buckets of a shuffle)."""
+def collapse_exact(keys: pa.Table, links: LinkRules) -> tuple[pa.Table, pa.Table]:
+    """Steps 2 and 3 (``links.pairs``, ``links.exact``) on rows that share pHashes (a whole table, or the
+    pHash buckets of a shuffle)."""
     dropped = [KEYS_DECIDED.empty()]
-    if rules.pairs:
+    if links.pairs:
         keys, d = collapse_groups(keys, ["phash", "text_key"], Reason.DUPLICATE_PAIR)
         dropped.append(d)
-    if rules.exact:
+    if links.exact:
         keys, d = collapse_groups(keys, ["phash"], Reason.DUPLICATE_PHASH)
         dropped.append(d)
     return keys, pa.concat_tables(dropped)

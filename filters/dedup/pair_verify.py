@@ -1,4 +1,4 @@
-"""Verification of near-duplicate candidate pairs with local features (issue 19).
+"""Verification of near-duplicate candidate pairs with local features ([dedup.rules.links] verify).
 
 A candidate pair (two rows whose keys came within a loose distance in the banded join) is the same
 picture when enough of their ORB keypoints (curation.imagehash.keypoints) match and agree on one similarity

@@ -41,7 +41,8 @@ class InMemorySteps:
         if not blocklist.num_rows:
             return keys
         listed = blocklist.column("hash").to_numpy()
-        pairs = blocklist_pairs(keys.column("phash").to_numpy(), listed, self.rules.max_distance, self.rules.bands)
+        links = self.rules.links
+        pairs = blocklist_pairs(keys.column("phash").to_numpy(), listed, links.max_distance, links.bands)
         keys, dropped = reject_matching(keys, eval_matches(pairs, blocklist))
         self.dropped.append(dropped)
         return keys
@@ -50,44 +51,43 @@ class InMemorySteps:
         if not swap:
             return keys
         if keys.column("robust").null_count:
-            raise ValueError("dedup key 'robust' but some non-blank rows have no robust key (hashed by an older version?)")
+            raise ValueError("dedup key 'robust' but some non-blank rows have no robust key (a keys table hashed without robust keys)")
         return keys.select([swap.get(c, c) for c in KEY_COLUMNS]).rename_columns(list(KEY_COLUMNS))
 
     def collapse_exact(self, keys: pa.Table) -> pa.Table:
-        keys, dropped = collapse_exact(keys, self.rules)
+        keys, dropped = collapse_exact(keys, self.rules.links)
         self.dropped.append(dropped)
         return keys
 
     def near_links(self, keys: pa.Table) -> pa.Table:
-        rules = self.rules
+        links = self.rules.links
         hashes = keys.column("phash").to_numpy()
-        if uses_windows(rules):
-            return window_pairs(hashes, keys.column("windows").to_pylist(), rules.max_distance, rules.bands)
-        return as_links(near_pairs(hashes, rules.max_distance, rules.bands))
+        if uses_windows(self.rules):
+            return window_pairs(hashes, keys.column("windows").to_pylist(), links.max_distance, links.bands)
+        return as_links(near_pairs(hashes, links.max_distance, links.bands))
 
     def occlusion_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
         hashes = keys.column("phash").to_numpy()
-        occluded = occlusion_links(hashes, keys.column("occlusion").to_pylist(), self.rules.occlusion_distance)  # bands by cost
+        occluded = occlusion_links(hashes, keys.column("occlusion").to_pylist(), self.rules.links.occlusion_distance)  # bands by cost
         return with_occlusion(links, occluded)
 
     def verify_links(self, keys: pa.Table, links: pa.Table) -> pa.Table:
-        return verify_links(with_features(links, keys), self.rules)
+        return verify_links(with_features(links, keys), self.rules.links)
 
     def collapse_near(self, keys: pa.Table, links: pa.Table) -> None:
         if not keys.num_rows:
             return
-        rules = self.rules
         label = components(links.column("a").to_numpy(), links.column("b").to_numpy())
         labels = [label.get(h, h) for h in keys.column("phash").to_pylist()]
         grouped = keys.append_column("component", pa.array(labels, pa.int64()))
         grouped = with_links(grouped, closest_links(links))
-        self.dropped.append(collapse_components(grouped, rules.key))
+        self.dropped.append(collapse_components(grouped, self.rules.keys.key))
 
 
 def decide(keys: pa.Table, rules: DedupRules, blocklist: pa.Table | None = None) -> pa.Table:
     """Every step on one in-memory table of KEYS rows: the reference the Spark job must equal.
     Returns DECISIONS rows (the rejected rows only), sorted by (shard, row). Blank rows take no part;
-    the blocklist is matched on pHash (hash lists are imagehash's), the other steps on ``rules.key``."""
+    the blocklist is matched on pHash (hash lists are imagehash's), the other steps on ``rules.keys.key``."""
     engine = InMemorySteps(rules)
     run_steps(engine, keys.cast(KEYS_SCHEMA), rules, blocklist)
     return as_decisions(pa.concat_tables([KEYS_DECIDED.empty(), *engine.dropped])).sort_by([("shard", "ascending"), ("row", "ascending")])

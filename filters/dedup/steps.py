@@ -53,9 +53,9 @@ class Steps(Protocol[T]):
 
 def key_swap(rules: DedupRules) -> dict[str, str]:
     """KEYS column -> the column it is read from in the duplicate and near-duplicate steps. Those steps
-    group on ``phash``; with ``key = "robust"`` the two columns are swapped, so they run unchanged on
+    group on ``phash``; with ``[dedup.rules.keys] key = "robust"`` the two columns are swapped, so they run unchanged on
     either key (the blocklist step, before the swap, always compares imagehash pHashes)."""
-    return {} if rules.key == "phash" else {"phash": "robust", "robust": "phash"}
+    return {} if rules.keys.key == "phash" else {"phash": "robust", "robust": "phash"}
 
 
 def run_steps(engine: Steps[T], keys: T, rules: DedupRules, blocklist=None) -> None:
@@ -64,12 +64,12 @@ def run_steps(engine: Steps[T], keys: T, rules: DedupRules, blocklist=None) -> N
     if blocklist is not None:
         keys = engine.reject_blocklisted(keys, blocklist)
     keys = engine.on_key(keys, key_swap(rules))
-    if rules.pairs or rules.exact:
+    if rules.links.pairs or rules.links.exact:
         keys = engine.collapse_exact(keys)
-    if rules.max_distance > 0:
+    if rules.links.max_distance > 0:
         links = engine.near_links(keys)
-        if rules.occlusion_windows:
+        if rules.keys.occlusion_windows:
             links = engine.occlusion_links(keys, links)
-        if rules.verify:
+        if rules.links.verify:
             links = engine.verify_links(keys, links)
         engine.collapse_near(keys, links)

@@ -55,7 +55,7 @@ PAIRS = Table(
 PAIRS_SCHEMA = PAIRS.arrow_schema()
 LINKS = PAIRS.extend("dedup_links", Column("window", "bool", False, "the link is a key within distance of a crop window key"))
 LINKS_SCHEMA = LINKS.arrow_schema()
-# with [dedup.rules] verify (filters.dedup.verify): the candidates with both ends' keypoints, and the links kept
+# with [dedup.rules.links] verify (filters.dedup.verify): the candidates with both ends' keypoints, and the links kept
 _OCCLUSION = Column("occluded", "bool", False, "an occlusion-window candidate (never linked unverified)")
 _VERDICT = (
     Column("inliers", "int32", True, "keypoint matches agreeing on one transform; null when linked unverified"),

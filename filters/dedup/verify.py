@@ -1,10 +1,10 @@
-"""Verification of near-duplicate candidate pairs (issue 19, ``[dedup.rules] verify``), written once for
+"""Verification of near-duplicate candidate pairs (``[dedup.rules.links] verify``), written once for
 the in-memory reference and the Spark job: both build a table of candidate LINKS with the packed ORB
 keypoints of both ends (``features_a``, ``features_b``) and call :func:`verify_links` on it.
 
 With ``verify`` on, ``max_distance`` is the *candidate* distance: a pair whose keys (with windows) are
-within ``verify_link_distance`` is linked as before, one within ``max_distance`` only when
-filters.dedup.pair_verify.verify_pair verifies it. With ``occlusion_windows`` also the pairs whose
+within ``verify_link_distance`` is linked unverified, one within ``max_distance`` only when
+filters.dedup.pair_verify.verify_pair verifies it. With ``[dedup.rules.keys] occlusion_windows`` also the pairs whose
 occlusion window keys are within ``occlusion_distance`` of each other (window against window,
 :func:`occlusion_links`) are candidates; they are never linked unverified.
 """
@@ -17,42 +17,43 @@ import pyarrow as pa
 from curation.imagehash.keypoints import unpack_features
 from filters.dedup.bands import near_pairs
 from filters.dedup.hashes import popcount_xor
-from filters.dedup.rules import DedupRules
+from filters.dedup.rules import LinkRules
 from filters.dedup.tables import CANDIDATE_LINKS_SCHEMA, LINKS_SCHEMA, VERIFIED_LINKS_SCHEMA
 from filters.dedup.pair_verify import VerifyRules, verify_pair
 
 
-def verify_rules(rules: DedupRules) -> VerifyRules:
+def verify_rules(links: LinkRules) -> VerifyRules:
     return VerifyRules(
-        link_distance=rules.verify_link_distance,
-        candidate_distance=rules.max_distance,
-        min_inliers=rules.verify_min_inliers,
-        min_cells=rules.verify_min_cells,
-        photometric=rules.verify_photometric,
-        min_agreement=rules.verify_min_agreement,
+        link_distance=links.verify_link_distance,
+        candidate_distance=links.max_distance,
+        min_inliers=links.verify_min_inliers,
+        min_cells=links.verify_min_cells,
+        photometric=links.verify_photometric,
+        min_agreement=links.verify_min_agreement,
     )
 
 
-def needs_verdict(distance: int, occlusion: bool, rules: DedupRules) -> bool:
-    """A pair linked without verification: keys within verify_link_distance, not an occlusion candidate."""
-    return occlusion or distance > rules.verify_link_distance
+def needs_verdict(distance: int, occlusion: bool, links: LinkRules) -> bool:
+    """Whether a pair needs a verdict: an occlusion candidate, or keys farther apart than verify_link_distance
+    (the others are linked unverified)."""
+    return occlusion or distance > links.verify_link_distance
 
 
-def verify_links(candidates: pa.Table, rules: DedupRules) -> pa.Table:
+def verify_links(candidates: pa.Table, links: LinkRules) -> pa.Table:
     """VERIFIED_LINKS rows of the candidate links that the linking rule keeps: key distance within
     ``verify_link_distance`` (inliers, cells, agreement null), or verified (inliers, cells, and agreement when
     the pixels verified it: the verdict). Input:
     CANDIDATE_LINKS rows (a, b, distance, window, occluded, features_a, features_b); an end without
     features (a row hashed with verify off) never verifies."""
-    vr = verify_rules(rules)
+    vr = verify_rules(links)
     cols = [candidates.column(c).to_pylist() for c in ("distance", "occluded", "features_a", "features_b")]
     keep, inliers, cells, agreement = [], [], [], []
     for d, occ, fa, fb in zip(*cols):
         v = None
-        if needs_verdict(d, occ, rules) and fa and fb:
+        if needs_verdict(d, occ, links) and fa and fb:
             v = verify_pair(unpack_features(fa), unpack_features(fb), vr)
         verified = v is not None and v.verified(vr)
-        keep.append(not needs_verdict(d, occ, rules) or verified)
+        keep.append(not needs_verdict(d, occ, links) or verified)
         inliers.append(v.inliers if v else None)
         cells.append(v.cells if v else None)
         agreement.append(v.agreement if verified else None)

@@ -98,11 +98,17 @@ def download(
 
 
 
-def _with_dedup_rules(cfg, **values):
-    """The config with [dedup.rules] keys given on the command line replaced (validated again)."""
+def _with_dedup_rules(cfg, keys: dict | None = None, links: dict | None = None):
+    """The config with [dedup.rules.keys] / [dedup.rules.links] values given on the command line replaced
+    (validated again)."""
     import dataclasses
 
-    rules = dataclasses.replace(cfg.dedup.rules, **{k: v for k, v in values.items() if v is not None})
+    def given(values):
+        return {k: v for k, v in (values or {}).items() if v is not None}
+
+    rules = cfg.dedup.rules
+    rules = dataclasses.replace(rules, keys=dataclasses.replace(rules.keys, **given(keys)),
+                                links=dataclasses.replace(rules.links, **given(links)))
     return dataclasses.replace(cfg, dedup=dataclasses.replace(cfg.dedup, rules=rules))
 
 
@@ -124,7 +130,7 @@ def dedup(
     _, stats = run_job(
         "dedup", config, overrides, verbose,
         lambda spark, cfg: job.run(
-            spark, input, output, _with_dedup_rules(cfg, max_distance=max_distance, phash_mode=phash_mode, key=key),
+            spark, input, output, _with_dedup_rules(cfg, keys={"phash_mode": phash_mode, "key": key}, links={"max_distance": max_distance}),
             overwrite=overwrite, blocklist=blocklist,
         ),
     )
@@ -146,7 +152,7 @@ def hash_index(
     overrides = cli_overrides(master, s3_endpoint, dedup={"images_per_shard": images_per_shard})
     _, stats = run_job(
         "hash-index", config, overrides, verbose,
-        lambda spark, cfg: job.run(spark, sources, output, _with_dedup_rules(cfg, phash_mode=phash_mode), overwrite),
+        lambda spark, cfg: job.run(spark, sources, output, _with_dedup_rules(cfg, keys={"phash_mode": phash_mode}), overwrite),
     )
     print_stats(stats)
 

@@ -9,7 +9,7 @@ from functools import partial
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from filters.dedup import BANDS, PAIRS, VERDICT_COLUMNS, DedupRules, candidate_pairs, explode_bands, plan_bands
+from filters.dedup import BANDS, PAIRS, VERDICT_COLUMNS, LinkRules, candidate_pairs, explode_bands, plan_bands
 from jobs.partitions import whole_partition
 
 log = logging.getLogger(__name__)
@@ -24,31 +24,31 @@ def _pairs_partition(batches, max_distance: int, cross: bool):
     if table is not None:
         yield from candidate_pairs(table, max_distance, cross).to_batches()
 
-def banded_pairs(left: DataFrame, right: DataFrame | None, rules: DedupRules) -> tuple[DataFrame, dict]:
-    """Pairs (a from left, b from right, or a < b both from left) within rules.max_distance, checkpointed;
+def banded_pairs(left: DataFrame, right: DataFrame | None, links: LinkRules) -> tuple[DataFrame, dict]:
+    """Pairs (a from left, b from right, or a < b both from left) within links.max_distance, checkpointed;
     each input is a DataFrame with a ``hash`` column (repeats allowed)."""
     left = left.select("hash").distinct().localCheckpoint()
     right = right.select("hash").distinct().localCheckpoint() if right is not None else None
     n_left, n_right = left.count(), (right.count() if right is not None else None)
-    plan = plan_bands(rules.max_distance, n_left, n_right, rules.bands)
+    plan = plan_bands(links.max_distance, n_left, n_right, links.bands)
     rows = left.mapInArrow(partial(_explode_partition, plan=plan, side=0), BANDS.spark_schema())
     if right is not None:
         rows = rows.unionByName(right.mapInArrow(partial(_explode_partition, plan=plan, side=1), BANDS.spark_schema()))
     pairs = rows.repartition("band", "key").mapInArrow(
-        partial(_pairs_partition, max_distance=rules.max_distance, cross=right is not None), PAIRS.spark_schema()
+        partial(_pairs_partition, max_distance=links.max_distance, cross=right is not None), PAIRS.spark_schema()
     )
     pairs = pairs.dropDuplicates(["a", "b"]).localCheckpoint()
     info = {**plan.describe(), "hashes": n_left, "listed": n_right, "pairs": pairs.count()}
     log.info("dedup: banded join of %d hashes%s: %s", n_left, f" with {n_right} listed" if right is not None else "", info)
     return pairs, info
 
-def window_pairs(keys: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
+def window_pairs(keys: DataFrame, links: LinkRules) -> tuple[DataFrame, dict]:
     """filters.dedup.window_pairs in Spark: the banded join of the row keys (left) against the row keys
     and their window keys (right), each right hash mapped back to the row keys that own it."""
     owners = keys.select(F.col("phash").alias("b"), F.col("phash").alias("owner")).unionByName(
         keys.select(F.explode("windows").alias("b"), F.col("phash").alias("owner"))
     )
-    pairs, info = banded_pairs(keys.select(F.col("phash").alias("hash")), owners.select(F.col("b").alias("hash")), rules)
+    pairs, info = banded_pairs(keys.select(F.col("phash").alias("hash")), owners.select(F.col("b").alias("hash")), links)
     linked = pairs.join(owners, "b").where(F.col("a") != F.col("owner")).select(
         F.least("a", "owner").alias("a"),
         F.greatest("a", "owner").alias("b"),

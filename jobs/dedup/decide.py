@@ -26,6 +26,7 @@ from filters.dedup import (
     KEYS_DECIDED,
     MATCHES,
     DedupRules,
+    LinkRules,
     as_decisions,
     closest_matches,
     collapse_components,
@@ -51,10 +52,10 @@ def _closest_partition(batches):
         yield from closest_matches(table).to_batches()
 
 
-def _collapse_exact_partition(batches, rules: DedupRules):
+def _collapse_exact_partition(batches, links: LinkRules):
     table = whole_partition(batches)
     if table is not None:
-        kept, dropped = collapse_exact(table, rules)
+        kept, dropped = collapse_exact(table, links)
         yield from pa.concat_tables([with_decision(kept, None), dropped]).to_batches()
 
 
@@ -82,7 +83,7 @@ class SparkSteps:
         return keys.where(~F.coalesce(F.col("blank"), F.lit(False)))
 
     def reject_blocklisted(self, keys: DataFrame, blocklist: DataFrame) -> DataFrame:
-        pairs, self.info["blocklist_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), blocklist, self.rules)
+        pairs, self.info["blocklist_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), blocklist, self.rules.links)
         matched = pairs.join(blocklist.withColumnRenamed("hash", "b"), "b").repartition("a")
         matches = matched.mapInArrow(_closest_partition, MATCHES.spark_schema()).localCheckpoint()
         self.decided.append(_as_decisions(keys.join(matches, "phash"), Reason.EVAL_SET_MATCH))
@@ -93,24 +94,24 @@ class SparkSteps:
 
     def collapse_exact(self, keys: DataFrame) -> DataFrame:
         collapsed = keys.repartition("phash").mapInArrow(
-            partial(_collapse_exact_partition, rules=self.rules), KEYS_DECIDED.spark_schema()
+            partial(_collapse_exact_partition, links=self.rules.links), KEYS_DECIDED.spark_schema()
         ).localCheckpoint()
         self.decided.append(_as_decisions(collapsed.where(F.col(REASON).isNotNull())))
         return collapsed.where(F.col(REASON).isNull()).select(*KEYS.names)
 
     def near_links(self, keys: DataFrame) -> DataFrame:
         if uses_windows(self.rules):
-            pairs, self.info["near_join"] = window_pairs(keys, self.rules)
+            pairs, self.info["near_join"] = window_pairs(keys, self.rules.links)
             return pairs
-        pairs, self.info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, self.rules)
+        pairs, self.info["near_join"] = banded_pairs(keys.select(F.col("phash").alias("hash")), None, self.rules.links)
         return pairs.withColumn("window", F.lit(False))
 
     def occlusion_links(self, keys: DataFrame, links: DataFrame) -> DataFrame:
-        links, self.info["occlusion_join"] = occlusion_links(keys, links, self.rules)
+        links, self.info["occlusion_join"] = occlusion_links(keys, links, self.rules.links)
         return links
 
     def verify_links(self, keys: DataFrame, links: DataFrame) -> DataFrame:
-        links, self.info["verified"] = verified_links(keys, links, self.rules)
+        links, self.info["verified"] = verified_links(keys, links, self.rules.links)
         return links
 
     def collapse_near(self, keys: DataFrame, pairs: DataFrame) -> None:
@@ -127,7 +128,7 @@ class SparkSteps:
         grouped = grouped.join(links, grouped.phash == links.node, "left").drop("node")
         self.decided.append(
             grouped.repartition("component").mapInArrow(
-                partial(_collapse_component_partition, key=rules.key), DECISIONS.spark_schema()
+                partial(_collapse_component_partition, key=rules.keys.key), DECISIONS.spark_schema()
             )
         )
 

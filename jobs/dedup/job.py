@@ -87,7 +87,7 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
     files = input_files(SPEC, as_list(inputs), stage.storage)
     listed = blocklist_files(list(blocklist if blocklist is not None else config.dedup.blocklist), stage.storage)
     log.info("dedup: %d input files, %d blocklist files -> %s (pHash %s, k=%d)", len(files), len(listed), stage.uri,
-             rules.phash_mode, rules.max_distance)
+             rules.keys.phash_mode, rules.links.max_distance)
 
     def work(stage: StageDir, files: list[str]) -> Work:
         task = partial(file_tasks, task=hash_task, stage=stage, rules=rules)
@@ -97,7 +97,8 @@ def run(spark: SparkSession, inputs: str | list[str], output: str, config: Confi
         info = _decide_and_apply(spark, stage, files, listed, config)
         hashing = [s.extra for s in stage.completed_shards().values() if s.kept_dir == HASHED_DIR]
         extra = {
-            "phash_mode": rules.phash_mode,
+            "mode": rules.mode,
+            "phash_mode": rules.keys.phash_mode,
             "hash_cpu_seconds": round(sum(e.get("hash_cpu_seconds", 0.0) for e in hashing), 3),
             "blocklist_files": listed,
             **info,

@@ -1,4 +1,4 @@
-"""Spark side of issue 19's candidate verification ([dedup.rules] verify, occlusion_windows): the
+"""Spark side of the candidate verification ([dedup.rules.links] verify, [dedup.rules.keys] occlusion_windows): the
 occlusion candidates (a banded self-join of the occlusion window keys, mapped back to their rows) and
 the verification of candidate pairs in a mapInArrow over the pairs, with the keypoints of both ends
 joined on by key; the pure rule is filters.dedup.verify_links, as in the in-memory reference."""
@@ -12,21 +12,21 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from filters.dedup import CANDIDATE_LINKS, CANDIDATE_LINKS_SCHEMA, VERDICT_COLUMNS, VERIFIED_LINKS, DedupRules, verify_links
+from filters.dedup import CANDIDATE_LINKS, CANDIDATE_LINKS_SCHEMA, VERDICT_COLUMNS, VERIFIED_LINKS, LinkRules, verify_links
 from jobs.dedup.bands import banded_pairs
 
 
-def _verify_partition(batches, rules: DedupRules):
+def _verify_partition(batches, rules: LinkRules):
     for batch in batches:
         yield from verify_links(pa.Table.from_batches([batch]).cast(CANDIDATE_LINKS_SCHEMA), rules).to_batches()
 
 
-def occlusion_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
+def occlusion_links(keys: DataFrame, links: DataFrame, rules: LinkRules) -> tuple[DataFrame, dict]:
     """filters.dedup.occlusion_links + with_occlusion: ``links`` with ``occluded`` false, plus the
     pairs of rows (a < b, distance = their keys') whose occlusion window keys are within
     occlusion_distance, or equal, and that ``links`` lacks (``occluded`` true)."""
     owners = keys.select(F.explode("occlusion").alias("w"), F.col("phash").alias("owner")).localCheckpoint()
-    near = replace(rules, max_distance=rules.occlusion_distance, bands=0, verify=False, occlusion_windows=False)
+    near = replace(rules, max_distance=rules.occlusion_distance, bands=0, verify=False)
     pairs, info = banded_pairs(owners.select(F.col("w").alias("hash")), None, near)
     ends = [owners.select(F.col("w").alias(end), F.col("owner").alias(f"o{end}")) for end in ("a", "b")]
     through = pairs.join(ends[0], "a").join(ends[1], "b").select("oa", "ob")
@@ -41,7 +41,7 @@ def occlusion_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tup
     return out, {**info, "occlusion_candidates": out.where("occluded").count()}
 
 
-def verified_links(keys: DataFrame, links: DataFrame, rules: DedupRules) -> tuple[DataFrame, dict]:
+def verified_links(keys: DataFrame, links: DataFrame, rules: LinkRules) -> tuple[DataFrame, dict]:
     """VERIFIED_LINKS: the links that filters.dedup.verify_links keeps. Only the links that need a verdict
     (filters.dedup.needs_verdict: an occlusion candidate, or keys farther apart than verify_link_distance)
     get the keypoints of both ends joined on (by key: after the exact steps, one row per key) and go

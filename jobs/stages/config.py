@@ -132,7 +132,7 @@ class AnnotateOptions:
 
 @dataclass(frozen=True)
 class DedupOptions:
-    rules: DedupRules = DedupRules()  # [dedup.rules]: pHash mode, Hamming k, which dedup steps run
+    rules: DedupRules = DedupRules()  # [dedup.rules]: mode, [dedup.rules.keys] (hashing), [dedup.rules.links] (decisions)
     blocklist: tuple[str, ...] = ()  # hash-index outputs / HASH_LIST parquet to decontaminate against
     images_per_shard: int = 1_000  # hash-index: image files of a folder per task and output shard
 
@@ -181,9 +181,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str):
+def _build(cls, data: dict[str, Any], where: str, base=None):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys and values of the wrong
-    type with a message that names the key; a dataclass's own validation becomes a ConfigError too."""
+    type with a message that names the key; a dataclass's own validation becomes a ConfigError too.
+
+    The table's plain values are applied first (on ``base``, else on the class defaults), and each
+    nested table is then built on the value that gave: so a value that sets whole groups
+    (``[dedup.rules] mode``) gives the base that the groups' own keys override."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -191,16 +195,26 @@ def _build(cls, data: dict[str, Any], where: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    defaults = base if base is not None else (cls() if _has_defaults(cls) else None)
+    plain, nested = {}, {}
     for name, value in data.items():
-        default = getattr(cls(), name) if _has_defaults(cls) else None
+        default = getattr(defaults, name, None)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            nested[name] = value
             continue
         _check_type(value, hints[name], f"[{where}] {name}" if where else name)
-        kwargs[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
+        plain[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
+    made = _construct(cls, base, plain, where)
+    if not nested:
+        return made
+    groups = {name: _build(type(getattr(made, name)), value, f"{where}.{name}" if where else name, getattr(made, name))
+              for name, value in nested.items()}
+    return _construct(cls, made, groups, where)
+
+
+def _construct(cls, base, kwargs: dict[str, Any], where: str):
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:

@@ -5,7 +5,7 @@ Phase A, one task per input file (a parquet file of the download stage's ``data/
 image (imagehash's pHash and the robust dedup key, from one decode); ``_work/hashed/part-hNNNNNN.parquet``
 gets the slim keys the decisions need (filters.dedup.KEYS: position, uid, pHash, robust key, md5 of the
 normalised text, pixels, blank) and ``rejected/part-hNNNNNN.parquet`` the rows without a decodable
-image (``not_decodable``) and the blank ones (``blank_image``, unless ``reject_blank`` is off). Image bytes
+image (``not_decodable``) and the blank ones (``blank_image``, unless ``[dedup.rules.keys] reject_blank`` is off). Image bytes
 are never copied or shuffled.
 Phase B (global, in the job): the decisions, one row per rejected row.
 Phase C, one task per input file: ``data/part-fNNNNNN.parquet`` = the input rows, in input order, with
@@ -34,6 +34,7 @@ from filters.dedup import (
     DECISIONS_SCHEMA,
     KEYS_SCHEMA,
     DedupRules,
+    KeyRules,
     int64_to_phash,
     phash_to_int64,
     text_key,
@@ -68,32 +69,33 @@ def check_columns(table: pa.Table, uri: str) -> None:
         raise InputError(f"{uri}: dedup needs columns {list(REQUIRED_INPUT)}; missing {missing}")
 
 
-def hash_images(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> list[KeyResult]:
-    """pHash, robust key, blank verdict and error per image, decoded in batches of rules.hash_batch_rows."""
+def hash_images(images: pa.ChunkedArray | pa.Array, keys: KeyRules, keypoints: bool = False) -> list[KeyResult]:
+    """pHash, robust key, window keys, blank verdict and error per image (and, with ``keypoints``, its ORB
+    keypoints and 64 px copy: DedupRules.keypoints), decoded in batches of keys.hash_batch_rows."""
     values = images.to_pylist()
     out: list[KeyResult] = []
-    for start in range(0, len(values), rules.hash_batch_rows):
+    for start in range(0, len(values), keys.hash_batch_rows):
         out.extend(
             keys_many(
-                values[start : start + rules.hash_batch_rows],
-                PhashMode(rules.phash_mode),
-                rules.blank_std,
-                rules.blank_min_alpha,
-                aspect_windows=rules.aspect_windows,
-                trim_borders=rules.trim_borders,
-                rotation_windows=rules.rotation_windows,
-                deep_windows=rules.deep_windows,
-                occlusion_windows=rules.occlusion_windows,
-                local_features=rules.verify,
+                values[start : start + keys.hash_batch_rows],
+                PhashMode(keys.phash_mode),
+                keys.blank_std,
+                keys.blank_min_alpha,
+                aspect_windows=keys.aspect_windows,
+                trim_borders=keys.trim_borders,
+                rotation_windows=keys.rotation_windows,
+                deep_windows=keys.deep_windows,
+                occlusion_windows=keys.occlusion_windows,
+                local_features=keypoints,
             )
         )
     return out
 
 
-def hash_column(images: pa.ChunkedArray | pa.Array, rules: DedupRules) -> tuple[list[str | None], list[str | None]]:
+def hash_column(images: pa.ChunkedArray | pa.Array, keys: KeyRules) -> tuple[list[str | None], list[str | None]]:
     """pHash and error per image (hash-index: blank images are hashed like any other; no window keys or
     keypoints: a blocklist is matched on the pHash alone)."""
-    plain = replace(rules, rotation_windows=False, deep_windows=False, verify=False, occlusion_windows=False)
+    plain = replace(keys, rotation_windows=False, deep_windows=False, occlusion_windows=False)
     results = hash_images(images, plain)
     return [r.phash for r in results], [r.error for r in results]
 
@@ -139,27 +141,27 @@ def hash_task(stage: StageDir, index: int, uri: str, rules: DedupRules) -> Shard
     started = time.process_time()
     table = read_parquet(uri, stage.storage)
     check_columns(table, uri)
-    results = hash_images(table.column("image_bytes"), rules)
+    results = hash_images(table.column("image_bytes"), rules.keys, rules.keypoints)
     uids = table.column(UID).to_pylist()
     rejected = []
     for i, r in enumerate(results):
         if r.phash is None:
             rejected.append(Rejection(Reason.NOT_DECODABLE, r.error).row(uids[i]))
-        elif r.blank and rules.reject_blank:
+        elif r.blank and rules.keys.reject_blank:
             rejected.append(Rejection(Reason.BLANK_IMAGE, r.blank).row(uids[i]))
     return stage.write_shard(
         shard,
-        keys_table(table, index, results, rules.reject_blank),
+        keys_table(table, index, results, rules.keys.reject_blank),
         rejected_table(rejected, STAGE),
         rows_in=table.num_rows,
         kept_dir=HASHED_DIR,
-        extra={"file": uri, "hash_cpu_seconds": round(time.process_time() - started, 3), "phash_mode": rules.phash_mode},
+        extra={"file": uri, "hash_cpu_seconds": round(time.process_time() - started, 3), "phash_mode": rules.keys.phash_mode},
     )
 
 
 def read_keys(stage: StageDir, index: int) -> pa.Table:
     table = read_parquet(stage.path(HASHED_DIR, f"{hashed_shard(index)}.parquet"), stage.storage)
-    for f in KEYS_SCHEMA:  # shards hashed before a nullable column existed (features, occlusion): nulls
+    for f in KEYS_SCHEMA:  # a shard without a nullable column (features, occlusion) reads it as nulls
         if f.name not in table.column_names and f.nullable:
             table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     return table.select(KEYS_SCHEMA.names).cast(KEYS_SCHEMA)
@@ -301,7 +303,7 @@ def index_task(stage: StageDir, unit: IndexUnit, rules: DedupRules) -> ShardStat
     for source, data in unit_images(unit, stage.storage):
         sources.append(source)
         images.append(data)
-    hashes, errors = hash_column(pa.array(images, pa.binary()), rules)
+    hashes, errors = hash_column(pa.array(images, pa.binary()), rules.keys)
     kept = HASH_LIST.from_pylist(
         [{"image_phash": h, "set_name": unit.set_name, "source": s} for s, h in zip(sources, hashes) if h is not None]
     )
@@ -312,7 +314,7 @@ def index_task(stage: StageDir, unit: IndexUnit, rules: DedupRules) -> ShardStat
     ]
     return stage.write_shard(
         shard, kept, rejected_table(rejected, INDEX_STAGE), rows_in=len(images),
-        extra={"set_name": unit.set_name, "kind": unit.kind, "phash_mode": rules.phash_mode},
+        extra={"set_name": unit.set_name, "kind": unit.kind, "phash_mode": rules.keys.phash_mode},
     )
 
 

@@ -34,7 +34,7 @@ def _config(tmp_path, crawl: str, **pipeline_keys):
             # request would meet the server's "first request fails" on the rerun instead
             "download": {"rows_per_shard": 20, "threads": 8,
                          "politeness": {"backoff_max_s": 0.0, "failures_before_cooldown": 0}},
-            "dedup": {"rules": {"key": "phash", "max_distance": 0}},
+            "dedup": {"rules": {"mode": "exact"}},
         },
     )
 

@@ -68,7 +68,7 @@ allowed_addresses = ["127.0.0.1"]
 only_allowed_addresses = true
 timeout_s = 60.0  # a loopback fetch that times out on a busy machine would be retried: not what is tested
 
-[dedup.rules]
+[dedup.rules.links]
 max_distance = 4
 
 [annotate]

@@ -385,9 +385,9 @@ def test_the_dedup_rules_choose_the_windows_the_stage_hashes():
     import pyarrow as pa
 
     from jobs.stages.dedup import hash_images
-    from filters.dedup import DedupRules
+    from filters.dedup import KeyRules
 
     boxed = _encode(_bars(_small_photo(EDITED_PHOTOS[0], 320), 0.3, "black"), "JPEG", quality=90)
     column = pa.array([boxed], pa.binary())
-    assert len(hash_images(column, DedupRules())[0].windows) == N_CROP
-    assert len(hash_images(column, DedupRules(aspect_windows=True, trim_borders=True))[0].windows) == N_CROP + N_ASPECT + 1
+    assert len(hash_images(column, KeyRules())[0].windows) == N_CROP
+    assert len(hash_images(column, KeyRules(aspect_windows=True, trim_borders=True))[0].windows) == N_CROP + N_ASPECT + 1

@@ -18,6 +18,8 @@ from filters.dedup import (
     KEYS,
     DedupConfigError,
     DedupRules,
+    KeyRules,
+    LinkRules,
     blocklist_pairs,
     collapse_groups,
     components,
@@ -145,18 +147,18 @@ def test_pair_then_phash_duplicates_and_their_switches():
     ]
     reasons = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), DedupRules()).to_pylist()}
     assert reasons == {"u2": ("duplicate_pair", "u1"), "u3": ("duplicate_phash", "u1")}
-    pairs_only = decide(_keys(rows), DedupRules(exact=False)).to_pylist()
+    pairs_only = decide(_keys(rows), DedupRules(links=LinkRules(exact=False))).to_pylist()
     assert [(r["uid"], r["reason"]) for r in pairs_only] == [("u2", "duplicate_pair")]
-    assert decide(_keys(rows), DedupRules(exact=False, pairs=False)).num_rows == 0
+    assert decide(_keys(rows), DedupRules(links=LinkRules(exact=False, pairs=False))).num_rows == 0
 
 
 def test_config_errors_name_the_key():
     with pytest.raises(DedupConfigError, match="max_distance"):
-        DedupRules(max_distance=40)
+        DedupRules(links=LinkRules(max_distance=40))
     with pytest.raises(DedupConfigError, match="phash_mode"):
-        DedupRules(phash_mode="turbo")
+        DedupRules(keys=KeyRules(phash_mode="turbo"))
     with pytest.raises(DedupConfigError, match="bands"):
-        DedupRules(max_distance=4, bands=3)
+        DedupRules(links=LinkRules(max_distance=4, bands=3))
 
 
 def test_phash_int64_conversion_rejects_what_is_not_16_hex():
@@ -219,7 +221,7 @@ def _photo_keys(rows: list[dict]) -> pa.Table:
 
 def test_transformed_copies_are_near_duplicates_and_unrelated_photos_are_not():
     rows = photo_rows()
-    decisions = decide(_photo_keys(rows), DedupRules(max_distance=NEAR_K))
+    decisions = decide(_photo_keys(rows), DedupRules(links=LinkRules(max_distance=NEAR_K)))
     rejected = {r["uid"]: r for r in decisions.to_pylist()}
     copies = {r["uid"] for r in rows if r["uid"].startswith("c-")}
     assert set(rejected) == copies  # every copy found, no original and no unrelated photo touched
@@ -237,7 +239,7 @@ def test_transformed_copies_are_near_duplicates_and_unrelated_photos_are_not():
 def test_without_near_dedup_only_identical_hashes_go():
     rows = photo_rows()
     keys = _photo_keys(rows)
-    decisions = decide(keys, DedupRules(max_distance=0))
+    decisions = decide(keys, DedupRules(links=LinkRules(max_distance=0)))
     hashes = dict(zip(keys.column("uid").to_pylist(), keys.column("phash").to_pylist()))
     for r in decisions.to_pylist():
         assert hashes[r["uid"]] == hashes[r["detail"]]
@@ -255,24 +257,24 @@ def test_blocklist_removes_matches_with_the_set_named_and_before_any_duplicate_s
     keys = _photo_keys(rows)
     listed = int(phash_to_int64([phash(shared("images", "photos", PHOTOS[0]).read_bytes())])[0])  # the file itself
     blocklist = BLOCKLIST.from_pylist([{"hash": listed, "set_name": "coco-val2017"}, {"hash": listed, "set_name": "another-set"}])
-    decisions = {r["uid"]: r for r in decide(keys, DedupRules(max_distance=NEAR_K), blocklist).to_pylist()}
+    decisions = {r["uid"]: r for r in decide(keys, DedupRules(links=LinkRules(max_distance=NEAR_K)), blocklist).to_pylist()}
     matched = {u for u, r in decisions.items() if r["reason"] == "eval_set_match"}
     family = {f"o-{PHOTOS[0]}"} | {f"c-{kind}-{PHOTOS[0]}" for kind in ("resized", "recompressed", "cropped", "brighter")}
     assert matched == family  # the original and every copy go as matches, not as duplicates of each other
     detail = decisions[f"o-{PHOTOS[0]}"]["detail"]
     assert detail.startswith(f"another-set {int64_to_phash([listed])[0]} distance=")  # a tie: the lowest set name
     hashes = dict(zip(keys.column("uid").to_pylist(), keys.column("phash").to_pylist()))
-    exact = [r["uid"] for r in decide(keys, DedupRules(max_distance=0), blocklist).to_pylist() if r["reason"] == "eval_set_match"]
+    exact = [r["uid"] for r in decide(keys, DedupRules(links=LinkRules(max_distance=0)), blocklist).to_pylist() if r["reason"] == "eval_set_match"]
     assert exact and all(hashes[u] == listed for u in exact)  # k = 0: identical hashes only
 
 
 def test_decisions_do_not_depend_on_row_order():
     rows = photo_rows()
     keys = _photo_keys(rows)
-    expected = decide(keys, DedupRules(max_distance=NEAR_K)).select(["uid", "reason", "detail"]).to_pylist()
+    expected = decide(keys, DedupRules(links=LinkRules(max_distance=NEAR_K))).select(["uid", "reason", "detail"]).to_pylist()
     order = list(range(keys.num_rows))
     random.Random(3).shuffle(order)
-    shuffled = decide(keys.take(order), DedupRules(max_distance=NEAR_K)).select(["uid", "reason", "detail"]).to_pylist()
+    shuffled = decide(keys.take(order), DedupRules(links=LinkRules(max_distance=NEAR_K))).select(["uid", "reason", "detail"]).to_pylist()
     assert sorted(shuffled, key=lambda r: r["uid"]) == sorted(expected, key=lambda r: r["uid"])
 
 
@@ -288,10 +290,10 @@ def test_robust_key_groups_what_phash_does_not_and_blank_rows_never_take_part():
         {"uid": "blank-1", "phash": -(1 << 63), "robust": None, "blank": True},  # 8000000000000000
         {"uid": "blank-2", "phash": -(1 << 63), "robust": None, "blank": True},  # same pHash: still kept
     ]
-    rules = DedupRules(max_distance=NEAR_K, key="robust")
+    rules = DedupRules(keys=KeyRules(key="robust"), links=LinkRules(max_distance=NEAR_K))
     got = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), rules).to_pylist()}
     assert got == {"mirror-of-a": ("duplicate_phash", "a"), "near-a": ("near_duplicate", "a robust distance=2 to 0000000000000007")}
-    on_phash = {r["uid"] for r in decide(_keys(rows), DedupRules(max_distance=NEAR_K)).to_pylist()}
+    on_phash = {r["uid"] for r in decide(_keys(rows), DedupRules(links=LinkRules(max_distance=NEAR_K))).to_pylist()}
     assert on_phash == set()  # plain pHash: nothing in common, and the blank pair is left alone
     with pytest.raises(ValueError, match="robust"):
         decide(_keys([{"uid": "x", "phash": 1}, {"uid": "y", "phash": 1}]), rules)
@@ -300,17 +302,17 @@ def test_robust_key_groups_what_phash_does_not_and_blank_rows_never_take_part():
 def test_blocklist_still_matches_on_phash_with_the_robust_key():
     rows = [{"uid": "a", "phash": 100, "robust": 7}, {"uid": "b", "phash": 200, "robust": 100}]
     listed = BLOCKLIST.from_pylist([{"hash": 100, "set_name": "coco"}])
-    got = decide(_keys(rows), DedupRules(key="robust"), listed).to_pylist()
+    got = decide(_keys(rows), DedupRules(keys=KeyRules(key="robust")), listed).to_pylist()
     assert [(r["uid"], r["reason"]) for r in got] == [("a", "eval_set_match")]
 
 
 def test_robust_key_and_blank_options_are_validated():
     with pytest.raises(DedupConfigError, match="key"):
-        DedupRules(key="dhash")
+        DedupRules(keys=KeyRules(key="dhash"))
     with pytest.raises(DedupConfigError, match="blank"):
-        DedupRules(blank_min_alpha=2.0)
+        DedupRules(keys=KeyRules(blank_min_alpha=2.0))
     with pytest.raises(DedupConfigError, match="blank"):
-        DedupRules(blank_std=-1)
+        DedupRules(keys=KeyRules(blank_std=-1))
 
 
 def test_crop_windows_link_a_key_to_another_row_s_window_but_never_two_windows():
@@ -320,11 +322,11 @@ def test_crop_windows_link_a_key_to_another_row_s_window_but_never_two_windows()
         {"uid": "crop", "phash": 2, "robust": far ^ 0b11, "pixels": 800, "windows": [0x7777]},  # 2 bits from a window
         {"uid": "other", "phash": 3, "robust": -1, "pixels": 700, "windows": [0x00FF_0000_0000_0001]},  # window ~ window only
     ]
-    rules = DedupRules(max_distance=NEAR_K, key="robust")
+    rules = DedupRules(keys=KeyRules(key="robust"), links=LinkRules(max_distance=NEAR_K))
     got = {r["uid"]: (r["reason"], r["detail"]) for r in decide(_keys(rows), rules).to_pylist()}
     # the detail says how the row was linked: its key is 2 bits from a window of the key 0000000000000000
     assert got == {"crop": ("near_duplicate", "original robust-window distance=2 to 0000000000000000")}
-    plain = DedupRules(max_distance=NEAR_K, key="robust", crop_windows=False)
+    plain = DedupRules(keys=KeyRules(key="robust", crop_windows=False), links=LinkRules(max_distance=NEAR_K))
     assert decide(_keys(rows), plain).to_pylist() == []
     pairs = window_pairs(np.array([0, far ^ 0b11, -1]), [r["windows"] for r in rows], NEAR_K)
     assert pairs.to_pylist() == [{"a": 0, "b": far ^ 0b11, "distance": 2, "window": True}]

@@ -15,12 +15,15 @@ from curation.imagehash import keys_many
 from curation.imagehash.windows import MASKED_CENTRES, ROTATION_ANGLES, deep_lengths, deep_places
 from curation.imagehash.keypoints import unpack_features
 from jobs.stages.dedup import hash_images, keys_table
-from filters.dedup import DedupConfigError, DedupRules, decide, link_detail
+from filters.dedup import DedupConfigError, DedupRules, KeyRules, LinkRules, decide, link_detail
 from tests.conftest import photo_files, shared, sticker
 
-OFF = DedupRules(max_distance=4, key="robust")  # today's sample setting
+OFF = DedupRules(keys=KeyRules(key="robust"), links=LinkRules(max_distance=4))  # the robust key within 4 bits, crop windows only
 # the bench's operating point: candidates within 10 bits, verified; occlusion windows within 4
-ON = DedupRules(max_distance=10, key="robust", rotation_windows=True, deep_windows=True, verify=True, occlusion_windows=True)
+ON = DedupRules(
+    keys=KeyRules(key="robust", rotation_windows=True, deep_windows=True, occlusion_windows=True),
+    links=LinkRules(max_distance=10, verify=True),
+)
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -53,7 +56,7 @@ def photo(uid: str) -> str:
 def keys_of(rows: dict[str, bytes], rules: DedupRules) -> pa.Table:
     uids = list(rows)
     table = pa.table({"uid": uids, "text": uids, "width": [100] * len(uids), "height": [1] * len(uids)})
-    return keys_table(table, 0, hash_images(pa.array([rows[u] for u in uids], pa.binary()), rules))
+    return keys_table(table, 0, hash_images(pa.array([rows[u] for u in uids], pa.binary()), rules.keys, rules.keypoints))
 
 
 def decided(rows: dict[str, bytes], rules: DedupRules) -> dict[str, str]:
@@ -72,7 +75,7 @@ def test_edited_copies_are_linked_verified_and_missed_without_verification():
     # p1's sticker: its window link (distance 6) has too few keypoints in agreement for the cells rule, but the pixels
     # agree once the keypoints' transform lines the two pictures up
     assert on["p1-sticker"].startswith("p1 robust-window distance=6 verified") and " agreement=" in on["p1-sticker"]
-    keypoints_only = decided(rows, replace(ON, verify_photometric=False))
+    keypoints_only = decided(rows, replace(ON, links=replace(ON.links, verify_photometric=False)))
     assert set(keypoints_only) <= set(on) and " agreement=" not in " ".join(keypoints_only.values())
     assert keypoints_only["p1-sticker"].startswith("p1 robust-occlusion distance=")  # then only an occlusion window finds it
 
@@ -136,21 +139,21 @@ def test_a_verified_link_s_detail_names_the_verdict():
 
 
 @pytest.mark.parametrize(
-    "options, message",
+    "keys, links, message",
     [
-        ({"verify": True, "max_distance": 10}, 'key = "robust"'),
-        ({"verify": True, "key": "robust"}, "max_distance > 0"),
-        ({"verify": True, "key": "robust", "max_distance": 1}, "verify_link_distance must be 0..max_distance"),
-        ({"verify": True, "key": "robust", "max_distance": 4, "exact": False}, "exact = true"),
-        ({"occlusion_windows": True, "key": "robust", "max_distance": 4}, "needs verify = true"),
-        ({"verify": True, "key": "robust", "max_distance": 4, "verify_min_agreement": 0.0}, "verify_min_agreement"),
-        ({"rotation_windows": True}, "rotation_windows needs"),
-        ({"deep_windows": True, "key": "robust", "crop_windows": False}, "deep_windows needs"),
-        ({"verify": True, "key": "robust", "max_distance": 4, "verify_min_cells": 17}, "verify_min_cells"),
-        ({"verify": True, "key": "robust", "max_distance": 4, "verify_min_inliers": 2}, "verify_min_inliers"),
-        ({"occlusion_distance": 0}, "occlusion_distance"),
+        ({}, {"verify": True, "max_distance": 10}, 'verify needs \\[dedup.rules.keys\\] key = "robust"'),
+        ({"key": "robust"}, {"verify": True}, "max_distance > 0"),
+        ({"key": "robust"}, {"verify": True, "max_distance": 1}, "verify_link_distance must be 0..max_distance"),
+        ({"key": "robust"}, {"verify": True, "max_distance": 4, "exact": False}, "exact = true"),
+        ({"occlusion_windows": True, "key": "robust"}, {"max_distance": 4}, "occlusion_windows needs \\[dedup.rules.links\\] verify = true"),
+        ({"key": "robust"}, {"verify": True, "max_distance": 4, "verify_min_agreement": 0.0}, "verify_min_agreement"),
+        ({"rotation_windows": True}, {}, "rotation_windows needs"),
+        ({"deep_windows": True, "key": "robust", "crop_windows": False}, {}, "deep_windows needs"),
+        ({"key": "robust"}, {"verify": True, "max_distance": 4, "verify_min_cells": 17}, "verify_min_cells"),
+        ({"key": "robust"}, {"verify": True, "max_distance": 4, "verify_min_inliers": 2}, "verify_min_inliers"),
+        ({}, {"occlusion_distance": 0}, "occlusion_distance"),
     ],
 )
-def test_invalid_window_and_verify_options_raise_config_error(options, message):
+def test_invalid_window_and_verify_options_raise_config_error(keys, links, message):
     with pytest.raises(DedupConfigError, match=message):
-        DedupRules(**options)
+        DedupRules(keys=KeyRules(**keys), links=LinkRules(**links))

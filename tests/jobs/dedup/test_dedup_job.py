@@ -20,6 +20,8 @@ from filters.dedup import (
     BLOCKLIST,
     KEYS,
     DedupRules,
+    KeyRules,
+    LinkRules,
     components,
     decide,
     phash_to_int64,
@@ -35,7 +37,7 @@ from tests.filters.dedup.test_dedup import NEAR_K, PHOTOS, photo_rows
 
 pytestmark = pytest.mark.spark
 
-RULES = DedupRules(max_distance=NEAR_K)
+RULES = DedupRules(links=LinkRules(max_distance=NEAR_K))
 
 
 def fetched_rows() -> list[dict]:
@@ -165,7 +167,7 @@ def test_rerun_resumes_a_partial_run_and_refuses_other_rules(spark, tmp_path):
     (out / SHARDS / f"{final_shard(1)}.json").unlink()
     (out / "_SUCCESS").unlink()
     with pytest.raises(SettingsChangedError, match="overwrite"):
-        job.run(spark, src, str(out), _config(DedupRules(max_distance=2)))
+        job.run(spark, src, str(out), _config(DedupRules(links=LinkRules(max_distance=2))))
     stats = job.run(spark, src, str(out), _config())
     assert (_kept(StageDir(str(out), "dedup")), _rejected(StageDir(str(out), "dedup"))) == before
     assert stats["rows_in"] == len(rows)
@@ -267,7 +269,7 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
 
     rows = _robust_rows()
     src = write_fetched(tmp_path / "fetched", rows, files=2)
-    rules = DedupRules(max_distance=4, key="robust")
+    rules = DedupRules(keys=KeyRules(key="robust"), links=LinkRules(max_distance=4))
     stats = job.run(spark, src, str(tmp_path / "out"), _config(rules))
     stage = StageDir(str(tmp_path / "out"), "dedup")
     got = {r["uid"]: (r["reason"], r["detail"]) for r in stage.read("rejected").to_pylist()}
@@ -298,7 +300,7 @@ def test_robust_key_job_matches_flips_and_exif_rejects_blank_and_keeps_different
 
     # plain pHash with reject_blank off: the blank images stay and are not duplicates of anything (nor of
     # each other); the mirrored copy is missed and the two logos collide (imagehash sees two black images)
-    job.run(spark, src, str(tmp_path / "keep"), _config(DedupRules(max_distance=4, reject_blank=False)))
+    job.run(spark, src, str(tmp_path / "keep"), _config(DedupRules(keys=KeyRules(reject_blank=False), links=LinkRules(max_distance=4))))
     keep = StageDir(str(tmp_path / "keep"), "dedup")
     assert {"blank-white", "blank-black", "photo", "photo-mirrored", "logo-0"} <= {r["uid"] for r in keep.read().to_pylist()}
     assert [(r["reason"], r["detail"]) for r in keep.read("rejected").to_pylist() if r["uid"] == "logo-1"] == [("duplicate_phash", "logo-0")]
