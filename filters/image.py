@@ -41,16 +41,16 @@ Image.init()  # register every plugin now, so ``formats`` can name any of them
 class ImageRules:
     """Defaults are COYO-700M's: >= 5 KB, shorter side >= 200 px, aspect ratio <= 3."""
 
-    min_bytes: int = 5 * 1024
+    min_bytes: int = 5 * 1024  # smaller original bodies are rejected too_small_bytes
     max_bytes: int = 20 * 1024 * 1024  # larger bodies are not read past this (too_large_bytes)
-    min_side_px: int = 200
-    max_aspect_ratio: float = 3.0
+    min_side_px: int = 200  # original shorter side below this: too_small_side
+    max_aspect_ratio: float = 3.0  # longer side / shorter side above this: aspect_ratio
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # declared width*height above -> decompression_bomb
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "ICO", "AVIF")
+    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "ICO", "AVIF")  # Pillow formats decoded; others: unsupported_image
     animated: str = "first_frame"  # or "reject"
     resize_side_px: int = 384  # shorter side of the stored image; never upscaled; 0 keeps the size
     encode_format: str = "jpeg"  # or "webp"
-    encode_quality: int = 90
+    encode_quality: int = 90  # JPEG / WebP quality of the stored image
 
     def __post_init__(self) -> None:
         if self.encode_format not in ENCODERS:

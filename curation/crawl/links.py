@@ -27,7 +27,7 @@ class ExtractRules:
     """Safety bounds of the extraction stage (content rules belong to filter-text)."""
 
     max_alt_chars: int = 10_000  # an alt beyond this is junk or an attack; rejected alt_too_long
-    max_url_chars: int = 4_096
+    max_url_chars: int = 4_096  # a longer image URL is rejected url_too_long
     max_html_bytes: int = 8 * 1024 * 1024  # larger WARC payloads are parsed up to this many bytes
     detail_chars: int = 300  # rejected detail strings are clipped to this
 

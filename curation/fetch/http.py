@@ -54,10 +54,11 @@ class FetchOptions:
     max_retry_after_s: float = 10.0  # a longer 429/503 Retry-After ends the attempts (a rerun retries)
     user_agent_token: str = "curation"  # the token X-Robots-Tag directives may name ("curation: noai")
     user_agent: str = ""  # full User-Agent header; default: img2dataset's, with the token
+    # X-Robots-Tag directives (for all agents or for user_agent_token) that opt an image out (opted_out)
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
     allowed_addresses: tuple[str, ...] = ()  # IPs/CIDRs the SSRF guard lets through, e.g. ["127.0.0.1"]
     only_allowed_addresses: bool = False  # fetch from the allow-list only (offline demo, closed network)
-    max_redirects: int = 10
+    max_redirects: int = 10  # redirect hops followed (each one checked by the SSRF guard)
 
     def robots_token(self) -> str | None:
         return self.user_agent_token.strip().lower() or None

@@ -44,8 +44,9 @@ class PolitenessOptions:
     min_interval_per_host_s: float = 0.0  # between two request starts to one host in one task
     backoff_initial_s: float = 1.0  # first wait after a 429/503; doubles with each further one
     backoff_max_s: float = 60.0  # cap of that wait (0: no back-off); a longer Retry-After: cool-down
-    failures_before_cooldown: int = 5  # consecutive failures (429/503, timeouts, refused, 5xx): the
-    # host's remaining rows in the task then fail at once as transient (a rerun retries them); 0 = never
+    # consecutive failures of a host (429/503, timeouts, refused, 5xx) before its remaining rows in the task
+    # fail at once as transient (a rerun retries them); 0 = never
+    failures_before_cooldown: int = 5
     tasks_per_host: int = 4  # lanes (tasks) one host's rows may fall in; 0 = no host-aware sharding
     lanes: int = 0  # tasks of the job; 0 = the largest input file's rows / rows_per_shard
 

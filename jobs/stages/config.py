@@ -26,8 +26,8 @@ from filters.text import TextRules
 
 @dataclass(frozen=True)
 class SparkOptions:
-    master: str | None = "local[*]"  # None: leave it to spark-submit
-    conf: dict = field(default_factory=dict)
+    master: str | None = "local[*]"  # Spark master URL; unset: leave it to spark-submit (spark-submit.sh sets it)
+    conf: dict = field(default_factory=dict)  # Spark settings passed to the session builder, e.g. "spark.sql.shuffle.partitions" = "200"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PipelineOptions:
     run_root: str = "runs/sample"  # each stage writes RUN_ROOT/<stage>/
     inputs: tuple[str, ...] = ()  # crawl files, folders, globs or paths files
     sample: bool = False  # generate the embedded sample into RUN_ROOT/input and use it as input
-    sample_pages: int = 300
+    sample_pages: int = 300  # sample = true: crawl pages generated (they link sample_pages // 2 distinct images)
     stages: tuple[str, ...] = ()  # empty: every stage the pipeline has, in order
     sample_image_port: int = 8765  # sample = true: the loopback port its images are served on
     # sample = true: a local folder its images are drawn into and served from (kept, reused by later runs);
@@ -150,7 +150,7 @@ class SemdedupOptions:
     clusters: int = 1000  # k-means clusters (fewer when the training sample is smaller)
     train_sample: int = 40_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
     iterations: int = 10  # k-means iterations
-    seed: int = 0
+    seed: int = 0  # k-means initialisation seed
     keep_by: str = "clip_similarity_vitb32"  # in a group, the row with the highest value is kept (then the smallest uid)
     partitions: int = 0  # Spark partitions of the per-cluster step (0: spark.sql.shuffle.partitions)
     block_rows: int = 2048  # rows per block of the blocked similarity products
