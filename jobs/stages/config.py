@@ -164,6 +164,28 @@ class SemdedupOptions:
 
 
 @dataclass(frozen=True)
+BALANCE_POSITIONS = ("filter-text", "dedup", "annotate")
+
+
+@dataclass(frozen=True)
+class BalanceOptions:
+    """MetaCLIP metadata balancing: a row is kept when one of the entries its caption matches samples it;
+    an entry matched ``count`` times samples each of its rows with probability min(1, t / count)."""
+
+    metadata: str | None = None  # the entry list: MetaCLIP's metadata.json or one entry per line (local or s3://)
+    t: int = 20_000  # rows each entry keeps on average (MetaCLIP: 20k for 400M pairs)
+    seed: int = 0  # the draw is a hash of (seed, uid, entry)
+    # in `curation pipeline`: the stage whose output balance reads (annotate: the end of the run, after
+    # semdedup when it runs); the stage after it reads balance's output
+    after: str = "filter-text"
+
+    def __post_init__(self) -> None:
+        if self.t < 1:
+            raise ConfigError("[balance] t must be at least 1")
+        if self.after not in BALANCE_POSITIONS:
+            raise ConfigError(f"[balance] after {self.after!r}: use one of {list(BALANCE_POSITIONS)}")
+
+
 class Config:
     storage: StorageOptions = StorageOptions()
     spark: SparkOptions = SparkOptions()
@@ -177,6 +199,8 @@ class Config:
     dedup: DedupOptions = DedupOptions()
     semdedup: SemdedupOptions = SemdedupOptions()
 
+    safety: SafetyOptions = SafetyOptions()  # [[safety.lists]]: URL / image / PDQ hash lists the download stage applies
+    balance: BalanceOptions = BalanceOptions()
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -293,3 +317,5 @@ def absolute_paths(cfg: Config) -> Config:
         dedup=replace(cfg.dedup, blocklist=tuple(absolute(b) for b in cfg.dedup.blocklist)),
         select=replace(cfg.select, preset_file=maybe(cfg.select.preset_file)),
     )
+        safety=replace(cfg.safety, lists=tuple(replace(s, path=absolute(s.path)) for s in cfg.safety.lists)),
+        balance=replace(cfg.balance, metadata=maybe(cfg.balance.metadata)),
