@@ -199,7 +199,6 @@ class Config:
     dedup: DedupOptions = DedupOptions()
     semdedup: SemdedupOptions = SemdedupOptions()
 
-    safety: SafetyOptions = SafetyOptions()  # [[safety.lists]]: URL / image / PDQ hash lists the download stage applies
     balance: BalanceOptions = BalanceOptions()
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -317,5 +316,4 @@ def absolute_paths(cfg: Config) -> Config:
         dedup=replace(cfg.dedup, blocklist=tuple(absolute(b) for b in cfg.dedup.blocklist)),
         select=replace(cfg.select, preset_file=maybe(cfg.select.preset_file)),
     )
-        safety=replace(cfg.safety, lists=tuple(replace(s, path=absolute(s.path)) for s in cfg.safety.lists)),
         balance=replace(cfg.balance, metadata=maybe(cfg.balance.metadata)),
