@@ -26,8 +26,8 @@ from filters.text import TextRules
 
 @dataclass(frozen=True)
 class SparkOptions:
-    master: str | None = "local[*]"  # Spark master URL; unset: leave it to spark-submit (spark-submit.sh sets it)
-    conf: dict = field(default_factory=dict)  # Spark settings passed to the session builder, e.g. "spark.sql.shuffle.partitions" = "200"
+    master: str | None = "local[*]"  # None: leave it to spark-submit
+    conf: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PipelineOptions:
     run_root: str = "runs/sample"  # each stage writes RUN_ROOT/<stage>/
     inputs: tuple[str, ...] = ()  # crawl files, folders, globs or paths files
     sample: bool = False  # generate the embedded sample into RUN_ROOT/input and use it as input
-    sample_pages: int = 300  # sample = true: crawl pages generated (they link sample_pages // 2 distinct images)
+    sample_pages: int = 300
     stages: tuple[str, ...] = ()  # empty: every stage the pipeline has, in order
     sample_image_port: int = 8765  # sample = true: the loopback port its images are served on
     # sample = true: a local folder its images are drawn into and served from (kept, reused by later runs);
@@ -132,7 +132,7 @@ class AnnotateOptions:
 
 @dataclass(frozen=True)
 class DedupOptions:
-    rules: DedupRules = DedupRules()  # [dedup.rules]: mode, [dedup.rules.keys] (hashing), [dedup.rules.links] (decisions)
+    rules: DedupRules = DedupRules()  # [dedup.rules]: pHash mode, Hamming k, which dedup steps run
     blocklist: tuple[str, ...] = ()  # hash-index outputs / HASH_LIST parquet to decontaminate against
     images_per_shard: int = 1_000  # hash-index: image files of a folder per task and output shard
 
@@ -150,7 +150,7 @@ class SemdedupOptions:
     clusters: int = 1000  # k-means clusters (fewer when the training sample is smaller)
     train_sample: int = 40_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
     iterations: int = 10  # k-means iterations
-    seed: int = 0  # k-means initialisation seed
+    seed: int = 0
     keep_by: str = "clip_similarity_vitb32"  # in a group, the row with the highest value is kept (then the smallest uid)
     partitions: int = 0  # Spark partitions of the per-cluster step (0: spark.sql.shuffle.partitions)
     block_rows: int = 2048  # rows per block of the blocked similarity products
@@ -163,7 +163,6 @@ class SemdedupOptions:
             raise ConfigError("[semdedup] clusters, train_sample, iterations, block_rows, histogram_bins >= 1, partitions >= 0")
 
 
-@dataclass(frozen=True)
 BALANCE_POSITIONS = ("filter-text", "dedup", "annotate")
 
 
@@ -186,6 +185,7 @@ class BalanceOptions:
             raise ConfigError(f"[balance] after {self.after!r}: use one of {list(BALANCE_POSITIONS)}")
 
 
+@dataclass(frozen=True)
 class Config:
     storage: StorageOptions = StorageOptions()
     spark: SparkOptions = SparkOptions()
@@ -198,19 +198,15 @@ class Config:
     annotate: AnnotateOptions = AnnotateOptions()
     dedup: DedupOptions = DedupOptions()
     semdedup: SemdedupOptions = SemdedupOptions()
-
     balance: BalanceOptions = BalanceOptions()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str, base=None):
+def _build(cls, data: dict[str, Any], where: str):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys and values of the wrong
-    type with a message that names the key; a dataclass's own validation becomes a ConfigError too.
-
-    The table's plain values are applied first (on ``base``, else on the class defaults), and each
-    nested table is then built on the value that gave: so a value that sets whole groups
-    (``[dedup.rules] mode``) gives the base that the groups' own keys override."""
+    type with a message that names the key; a dataclass's own validation becomes a ConfigError too."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -218,26 +214,16 @@ def _build(cls, data: dict[str, Any], where: str, base=None):
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    defaults = base if base is not None else (cls() if _has_defaults(cls) else None)
-    plain, nested = {}, {}
+    kwargs = {}
     for name, value in data.items():
-        default = getattr(defaults, name, None)
+        default = getattr(cls(), name) if _has_defaults(cls) else None
         if dataclasses.is_dataclass(default):
-            nested[name] = value
+            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
             continue
         _check_type(value, hints[name], f"[{where}] {name}" if where else name)
-        plain[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
-    made = _construct(cls, base, plain, where)
-    if not nested:
-        return made
-    groups = {name: _build(type(getattr(made, name)), value, f"{where}.{name}" if where else name, getattr(made, name))
-              for name, value in nested.items()}
-    return _construct(cls, made, groups, where)
-
-
-def _construct(cls, base, kwargs: dict[str, Any], where: str):
+        kwargs[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
     try:
-        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+        return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
@@ -315,5 +301,5 @@ def absolute_paths(cfg: Config) -> Config:
         annotate=replace(cfg.annotate, models=maybe(cfg.annotate.models), random_models=maybe(cfg.annotate.random_models)),
         dedup=replace(cfg.dedup, blocklist=tuple(absolute(b) for b in cfg.dedup.blocklist)),
         select=replace(cfg.select, preset_file=maybe(cfg.select.preset_file)),
-    )
         balance=replace(cfg.balance, metadata=maybe(cfg.balance.metadata)),
+    )
