@@ -26,8 +26,8 @@ from filters.text import TextRules
 
 @dataclass(frozen=True)
 class SparkOptions:
-    master: str | None = "local[*]"  # None: leave it to spark-submit
-    conf: dict = field(default_factory=dict)
+    master: str | None = "local[*]"  # Spark master URL; unset: leave it to spark-submit (spark-submit.sh sets it)
+    conf: dict = field(default_factory=dict)  # Spark settings passed to the session builder, e.g. "spark.sql.shuffle.partitions" = "200"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PipelineOptions:
     run_root: str = "runs/sample"  # each stage writes RUN_ROOT/<stage>/
     inputs: tuple[str, ...] = ()  # crawl files, folders, globs or paths files
     sample: bool = False  # generate the embedded sample into RUN_ROOT/input and use it as input
-    sample_pages: int = 300
+    sample_pages: int = 300  # sample = true: crawl pages generated (they link sample_pages // 2 distinct images)
     stages: tuple[str, ...] = ()  # empty: every stage the pipeline has, in order
     sample_image_port: int = 8765  # sample = true: the loopback port its images are served on
     # sample = true: a local folder its images are drawn into and served from (kept, reused by later runs);
@@ -132,7 +132,7 @@ class AnnotateOptions:
 
 @dataclass(frozen=True)
 class DedupOptions:
-    rules: DedupRules = DedupRules()  # [dedup.rules]: pHash mode, Hamming k, which dedup steps run
+    rules: DedupRules = DedupRules()  # [dedup.rules]: mode, [dedup.rules.keys] (hashing), [dedup.rules.links] (decisions)
     blocklist: tuple[str, ...] = ()  # hash-index outputs / HASH_LIST parquet to decontaminate against
     images_per_shard: int = 1_000  # hash-index: image files of a folder per task and output shard
 
@@ -150,7 +150,7 @@ class SemdedupOptions:
     clusters: int = 1000  # k-means clusters (fewer when the training sample is smaller)
     train_sample: int = 40_000  # rows k-means is trained on (a uid-hash sample, independent of partitioning)
     iterations: int = 10  # k-means iterations
-    seed: int = 0
+    seed: int = 0  # k-means initialisation seed
     keep_by: str = "clip_similarity_vitb32"  # in a group, the row with the highest value is kept (then the smallest uid)
     partitions: int = 0  # Spark partitions of the per-cluster step (0: spark.sql.shuffle.partitions)
     block_rows: int = 2048  # rows per block of the blocked similarity products
@@ -204,9 +204,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict[str, Any], where: str):
+def _build(cls, data: dict[str, Any], where: str, base=None):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys and values of the wrong
-    type with a message that names the key; a dataclass's own validation becomes a ConfigError too."""
+    type with a message that names the key; a dataclass's own validation becomes a ConfigError too.
+
+    The table's plain values are applied first (on ``base``, else on the class defaults), and each
+    nested table is then built on the value that gave: so a value that sets whole groups
+    (``[dedup.rules] mode``) gives the base that the groups' own keys override."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -214,16 +218,26 @@ def _build(cls, data: dict[str, Any], where: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    defaults = base if base is not None else (cls() if _has_defaults(cls) else None)
+    plain, nested = {}, {}
     for name, value in data.items():
-        default = getattr(cls(), name) if _has_defaults(cls) else None
+        default = getattr(defaults, name, None)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            nested[name] = value
             continue
         _check_type(value, hints[name], f"[{where}] {name}" if where else name)
-        kwargs[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
+        plain[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
+    made = _construct(cls, base, plain, where)
+    if not nested:
+        return made
+    groups = {name: _build(type(getattr(made, name)), value, f"{where}.{name}" if where else name, getattr(made, name))
+              for name, value in nested.items()}
+    return _construct(cls, made, groups, where)
+
+
+def _construct(cls, base, kwargs: dict[str, Any], where: str):
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
