@@ -44,7 +44,7 @@ class StageSpec:
     """What the lifecycle needs to know of a stage: its name, the stage it reads, its input's columns."""
 
     name: str  # as written in _stats.json ("filter_text")
-    upstream: str | None = None  # the stage whose output it reads (None: crawl files or any parquet)
+    upstream: str | tuple[str, ...] | None = None  # the stage(s) whose output it reads (None: crawl files or any parquet)
     input_columns: tuple[str, ...] = ()  # columns every input file must have
     finished_input: bool = True  # a folder input must be a finished stage (data/ alone is not enough)
 
@@ -108,8 +108,26 @@ def input_files(spec: StageSpec, inputs: Sequence[str], options: StorageOptions 
     return files
 
 
+def upstreams(spec: StageSpec) -> tuple[str, ...]:
+    """The stages whose output folder ``spec`` accepts (empty: any parquet)."""
+    if spec.upstream is None:
+        return ()
+    return (spec.upstream,) if isinstance(spec.upstream, str) else spec.upstream
+
+
 def _reads(spec: StageSpec) -> str:
-    return f"{spec.name} reads the output folder of stage {spec.upstream}" if spec.upstream else f"{spec.name} reads parquet files"
+    names = upstreams(spec)
+    if not names:
+        return f"{spec.name} reads parquet files"
+    return f"{spec.name} reads the output folder of stage {' or '.join(names)}"
+
+
+def _stands_for(folder: StageDir, made_by: str | None) -> str | None:
+    """The stage whose table ``folder`` holds: a stage that writes its input's own table (balance) records
+    the stage it read as ``input_stage``, and stands for it."""
+    if made_by is None:
+        return None
+    return folder.stats().get("input_stage") or made_by
 
 
 def _check_upstream(spec: StageSpec, folder: StageDir) -> None:
@@ -118,7 +136,8 @@ def _check_upstream(spec: StageSpec, folder: StageDir) -> None:
             f"input {folder.uri} has no _SUCCESS: the stage that writes it has not finished (run it first)"
         )
     made_by = folder.stats().get("stage") if storage.exists(folder.path(STATS), folder.storage) else None
-    if spec.upstream and made_by and made_by != spec.upstream:
+    made_by = _stands_for(folder, made_by)
+    if upstreams(spec) and made_by and made_by not in upstreams(spec):
         raise InputError(f"input {folder.uri} is the output of stage {made_by}; {_reads(spec)}")
 
 

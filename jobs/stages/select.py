@@ -49,7 +49,7 @@ class SelectError(CurationError, ValueError):
 # --- input ------------------------------------------------------------------------------------
 
 
-SPEC = StageSpec(STAGE, upstream="annotate", input_columns=(UID,), finished_input=False)
+SPEC = StageSpec(STAGE, upstream=("annotate", "semdedup"), input_columns=(UID,), finished_input=False)
 
 
 def input_files(uri: str, options: StorageOptions | None = None) -> list[str]:

@@ -18,6 +18,7 @@ from jobs.stages.semdedup import brute_force, load_centroids
 from curation.stage import StageDir
 from jobs import annotate, pipeline
 from jobs import semdedup as job
+from jobs.stages import select as select_job
 from jobs.cli import app
 from tests.conftest import SHARED_DATA
 from tests.models.fixtures import photo_bytes, tiny_models_toml, write_unique  # noqa: F401
@@ -172,6 +173,7 @@ def test_pipeline_runs_semdedup_only_when_asked():
     assert "semdedup" in pipeline.STAGES and "semdedup" not in pipeline.DEFAULT_STAGES
     assert list(pipeline.DEFAULT_STAGES) == ["extract", "filter-text", "download", "dedup", "annotate"]
     assert job.SPEC.upstream == "annotate"
+    assert select_job.SPEC.upstream == ("annotate", "semdedup")
 
 
 def test_cli_semdedup(tmp_path, annotated):
@@ -183,3 +185,20 @@ def test_cli_semdedup(tmp_path, annotated):
     assert result.exit_code == 0, result.output
     stats = json.loads((out / "_stats.json").read_text())
     assert stats["rejected"] == {"semantic_duplicate": 2} and stats["config"]["semdedup"]["eps"] == EPS
+
+
+def test_select_reads_a_semdedup_folder_as_it_reads_an_annotate_folder(tmp_path, annotated):
+    config = tmp_path / "c.toml"
+    config.write_text('[semdedup]\nclusters = 2\ntrain_sample = 100\n[spark]\nmaster = "local[2]"\n')
+    deduped = tmp_path / "semdedup"
+    runner = CliRunner()
+    result = runner.invoke(app, ["semdedup", "--input", str(annotated), "--output", str(deduped), "--eps", str(EPS),
+                                 "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "selected"
+    result = runner.invoke(app, ["select", "--input", str(deduped), "--output", str(out), "--preset", "high-resolution",
+                                 "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "_stats.json").read_text())
+    kept = json.loads((deduped / "_stats.json").read_text())["rows_out"]
+    assert stats["rows_in"] == kept  # the semdedup folder's kept rows, not the annotate folder's
