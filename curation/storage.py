@@ -171,6 +171,16 @@ def list_files(uri: str, options: StorageOptions | None = None, recursive: bool 
     return sorted(out)
 
 
+def file_version(uri: str, options: StorageOptions | None = None) -> tuple[int, int]:
+    """(size, modification time in ns) of a file: what a cache of its parsed content is keyed by.
+    StorageError when it is missing."""
+    fs, path = filesystem(uri, options)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"{uri} is not a file")
+    return int(info.size or 0), int(info.mtime_ns or 0)
+
+
 def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
     fs, path = filesystem(uri, options)
     with fs.open_input_stream(path, compression=None) as f:  # bytes as stored, never auto-gunzipped

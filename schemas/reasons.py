@@ -49,6 +49,8 @@ class Reason(StrEnum):
     ASPECT_RATIO = "aspect_ratio"
     NSFW_IMAGE = "nsfw_image"
     BLANK_IMAGE = "blank_image"
+    BLOCKLISTED_URL = "blocklisted_url"  # the URL's hash is on a safety list; detail = the list and its kind
+    BLOCKLISTED_IMAGE = "blocklisted_image"  # the body's hash (or PDQ) is on a safety list; detail = the list and its kind
     # dedup
     DUPLICATE_PHASH = "duplicate_phash"
     NEAR_DUPLICATE = "near_duplicate"

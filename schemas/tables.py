@@ -135,6 +135,13 @@ REJECTED = Table(
     ),
 )
 
+# The content hashes of the original bytes as fetched (img2dataset writes sha256, DataComp's pool has it):
+# a consumer checks that a re-downloaded image is the one that was curated. Fetched, unique and annotated carry them.
+CONTENT_HASHES = (
+    Column("sha256", "string", True, "sha256 hex of the original bytes as fetched (before decoding or resizing)"),
+    Column("md5", "string", True, "md5 hex of the original bytes as fetched"),
+)
+
 # Output of download: text_ok rows whose image was fetched and passed the image rules (kept rows only:
 # the others are in the stage's rejected/ folder with their Reason).
 FETCHED = TEXT_OK.extend(
@@ -146,6 +153,7 @@ FETCHED = TEXT_OK.extend(
     Column("image_bytes", "binary", True, "resized image, keep-ratio"),
     Column("image_format", "string", True, "format of image_bytes (JPEG or WEBP)"),
     Column("bytes_original", "int64", True, "size of the fetched body in bytes"),
+    *CONTENT_HASHES,
 )
 
 # Output of dedup: fetched rows left after pHash dedup and decontamination, with their pHash (the stage
@@ -188,6 +196,7 @@ ANNOTATED = Table(
         Column("aesthetic_score_laion_v2", "float32", True, "LAION improved-aesthetic-predictor v2 on the ViT-L/14 embedding", model="aesthetic_laion_v2"),
         Column(UID, "string", False, "the candidate's uid, carried from extract"),
         Column("image_bytes", "binary", True, "the stored (resized) image"),
+        *CONTENT_HASHES,
         # beyond COYO: the offline NSFW default (nudenet's shipped detector), in its own column
         Column("nsfw_score_nudenet", "float32", True, "highest exposed-body-part score NudeDetector.detect reports (320n detector), 0 when none",
                model="nsfw_nudenet"),

@@ -20,11 +20,16 @@ attempts at once (still transient: a later rerun fetches the row again).
 URLs are fetched as browsers send them (:func:`request_url`): an IDN host in IDNA form, non-ASCII
 characters, spaces and control characters of the path and query percent-encoded as UTF-8. The stored
 ``url`` stays as found in the page (the uid is computed from it).
+
+:func:`fetch_body` hashes the body while it streams in (each chunk updates the hashlib objects as it is
+read, so there is no second pass over the bytes): the ``sha256`` and ``md5`` columns of the fetched
+table, and ``sha1`` when a safety list asks for it (jobs/stages/download.py).
 """
 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import http.client
 import socket
 import time
@@ -43,6 +48,7 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUS = frozenset({429, 503})  # the statuses whose Retry-After header is honoured
 _PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))  # left as is by request_url (existing escapes too)
 READ_CHUNK = 256 * 1024
+CONTENT_DIGESTS = ("sha256", "md5")  # hashed on every body: the fetched table's columns
 
 
 @dataclass(frozen=True)
@@ -163,10 +169,22 @@ def _network_failure(err: BaseException) -> FetchFailed:
                        unreachable=isinstance(err, ConnectionRefusedError))
 
 
-def _read_bounded(response, max_bytes: int, deadline: float, max_transfer_s: float) -> bytes:
+@dataclass(frozen=True)
+class Body:
+    """A response body as it arrived, and its digests (algorithm name -> raw digest) computed while it streamed."""
+
+    data: bytes
+    digests: dict[str, bytes]
+
+    def hexdigest(self, algorithm: str) -> str:
+        return self.digests[algorithm].hex()
+
+
+def _read_bounded(response, max_bytes: int, deadline: float, max_transfer_s: float, algorithms: tuple[str, ...]) -> Body:
     length = response.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise FetchFailed(Reason.TOO_LARGE_BYTES, f"Content-Length {length} > max_bytes {max_bytes}")
+    hashers = [hashlib.new(a, usedforsecurity=False) for a in algorithms]  # content ids, not signatures
     chunks, total = [], 0
     while chunk := response.read1(READ_CHUNK):  # at most one recv: the deadline is checked often
         total += len(chunk)
@@ -174,12 +192,16 @@ def _read_bounded(response, max_bytes: int, deadline: float, max_transfer_s: flo
             raise FetchFailed(Reason.TOO_LARGE_BYTES, f"body longer than max_bytes {max_bytes}")
         if time.monotonic() > deadline:
             raise FetchFailed(Reason.FAILED_TO_DOWNLOAD, f"transfer longer than {max_transfer_s}s", transient=True)
+        for h in hashers:
+            h.update(chunk)
         chunks.append(chunk)
-    return b"".join(chunks)
+    return Body(b"".join(chunks), {a: h.digest() for a, h in zip(algorithms, hashers)})
 
 
-def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, max_bytes: int) -> bytes:
-    """The body of ``url`` or FetchFailed."""
+def fetch_once(
+    url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, max_bytes: int, algorithms: tuple[str, ...] = ()
+) -> Body:
+    """The body of ``url`` with its ``algorithms`` digests, or FetchFailed."""
     deadline = time.monotonic() + opts.max_transfer_s
     try:
         request = urllib.request.Request(request_url(url), headers={"User-Agent": opts.user_agent_header()})
@@ -187,7 +209,7 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
             tags = response.headers.get_all("X-Robots-Tag", [])
             if tags and robots_disallowed(tags, opts.robots_token(), opts.robots_directives()):
                 raise FetchFailed(Reason.OPTED_OUT, f"X-Robots-Tag: {'; '.join(tags)}")
-            return _read_bounded(response, max_bytes, deadline, opts.max_transfer_s)
+            return _read_bounded(response, max_bytes, deadline, opts.max_transfer_s, algorithms)
     except urllib.error.HTTPError as e:
         e.close()
         message = " ".join(f"HTTP {e.code} {e.reason}".split())  # urllib's redirect-loop reason spans lines
@@ -202,11 +224,19 @@ def fetch_once(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptio
 
 
 def fetch(url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, max_bytes: int) -> bytes:
+    """The body of ``url`` (:func:`fetch_body` without digests)."""
+    return fetch_body(url, opener, opts, max_bytes, ()).data
+
+
+def fetch_body(
+    url: str, opener: urllib.request.OpenerDirector, opts: FetchOptions, max_bytes: int,
+    algorithms: tuple[str, ...] = CONTENT_DIGESTS,
+) -> Body:
     """:func:`fetch_once` with up to ``opts.retries`` more attempts while the failure is transient,
     waiting the server's Retry-After (up to ``max_retry_after_s``) or else the exponential backoff."""
     for attempt in range(opts.retries + 1):
         try:
-            return fetch_once(url, opener, opts, max_bytes)
+            return fetch_once(url, opener, opts, max_bytes, algorithms)
         except FetchFailed as e:
             if not e.transient or attempt == opts.retries:
                 raise

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "annotate"
 # reads the dedup stage's output (or parquet files with its columns)
-INPUT_COLUMNS = (UID, "url", "text", "width", "height", "image_bytes", "image_phash")
+INPUT_COLUMNS = (UID, "url", "text", "width", "height", "image_bytes", "image_phash", "sha256", "md5")
 SPEC = StageSpec(STAGE, upstream="dedup", input_columns=INPUT_COLUMNS, finished_input=False)
 ID_BITS = 63
 
@@ -124,6 +124,8 @@ def annotated_table(table: pa.Table, scored: Scored, id_bits: int = ID_BITS) -> 
         "word_count": pa.array(word_count(texts)),
         UID: kept.column(UID),
         "image_bytes": kept.column("image_bytes"),
+        "sha256": kept.column("sha256"),
+        "md5": kept.column("md5"),
     }
     schema = ANNOTATED.arrow_schema()
     for col in SCORE_COLUMNS:

@@ -21,6 +21,7 @@ from curation.fetch.politeness import PolitenessOptions
 from curation.storage import StorageOptions
 from filters.dedup import DedupRules
 from filters.image import ImageRules
+from filters.safety import SafetyOptions
 from filters.text import TextRules
 
 
@@ -198,6 +199,7 @@ class Config:
     annotate: AnnotateOptions = AnnotateOptions()
     dedup: DedupOptions = DedupOptions()
     semdedup: SemdedupOptions = SemdedupOptions()
+    safety: SafetyOptions = SafetyOptions()  # [[safety.lists]]: URL / image / PDQ hash lists the download stage applies
     balance: BalanceOptions = BalanceOptions()
 
     def to_dict(self) -> dict:
@@ -225,6 +227,12 @@ def _build(cls, data: dict[str, Any], where: str, base=None):
         if dataclasses.is_dataclass(default):
             nested[name] = value
             continue
+        item = _dataclass_item(hints[name])
+        if item is not None:  # [[section.name]]: an array of tables, each one a dataclass
+            if not isinstance(value, list):
+                raise ConfigError(f"[{where}] {name} must be an array of tables ([[{where}.{name}]])")
+            plain[name] = tuple(_build(item, v, f"{where}.{name}[{k}]") for k, v in enumerate(value))
+            continue
         _check_type(value, hints[name], f"[{where}] {name}" if where else name)
         plain[name] = tuple(value) if isinstance(value, list) else value  # frozen dataclasses hold tuples
     made = _construct(cls, base, plain, where)
@@ -242,6 +250,15 @@ def _construct(cls, base, kwargs: dict[str, Any], where: str):
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[{where}]: {e}") from e
+
+
+def _dataclass_item(hint: Any) -> type | None:
+    """The dataclass of a ``tuple[SomeDataclass, ...]`` field, else None."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if args and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table"}
@@ -315,5 +332,6 @@ def absolute_paths(cfg: Config) -> Config:
         annotate=replace(cfg.annotate, models=maybe(cfg.annotate.models), random_models=maybe(cfg.annotate.random_models)),
         dedup=replace(cfg.dedup, blocklist=tuple(absolute(b) for b in cfg.dedup.blocklist)),
         select=replace(cfg.select, preset_file=maybe(cfg.select.preset_file)),
+        safety=replace(cfg.safety, lists=tuple(replace(s, path=absolute(s.path)) for s in cfg.safety.lists)),
         balance=replace(cfg.balance, metadata=maybe(cfg.balance.metadata)),
     )

@@ -15,7 +15,8 @@ body, and writes
 
 - ``data/<shard>.parquet``: the kept rows in input order, every input column followed by the fetch
   columns of the FETCHED table (``status`` = "success", original ``width``/``height``, the resized
-  ``image_bytes``, ``image_format``, ``bytes_original``);
+  ``image_bytes``, ``image_format``, ``bytes_original``, and the ``sha256`` and ``md5`` of the original
+  bytes, hashed while they streamed in);
 - ``rejected/<shard>.parquet``: the other rows with their Reason and a detail naming the HTTP status or
   the error; details of transient failures start with ``transient: ``.
 
@@ -25,6 +26,12 @@ guard, no EXIF orientation), reads arrow files from fsspec and deletes its input
 Reason per row, the atomic shard contract of curation/stage.py and resumable markers. So the task does
 per row what img2dataset does (curation/fetch/http.py says why its code is not imported) and keeps its model
 of work: one thread pool per shard, shards spread over processes (local) or Spark tasks (cluster).
+
+Safety hash lists (``[[safety.lists]]``, jobs/stages/safety.py) are applied at the earliest point each can
+be: a shard's URLs are checked against the URL lists before any of them is requested (a listed URL is never
+fetched), and a body against the image lists as soon as it has arrived, before it is decoded, resized or
+stored; a match is rejected ``blocklisted_url`` / ``blocklisted_image`` with the list's name and kind as
+detail, and the matched bytes are dropped.
 
 A rerun redoes missing shards and, with ``retry_transient``, only the transient rows of finished shards
 (their count is in the shard marker, so the driver knows which shards to revisit without reading data).
@@ -49,7 +56,7 @@ import pyarrow.parquet as pq
 
 from curation import storage
 from jobs.stages.config import DownloadOptions
-from curation.fetch.http import RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch, is_transient
+from curation.fetch.http import CONTENT_DIGESTS, RETRY_AFTER_STATUS, TRANSIENT, FetchFailed, fetch_body, is_transient
 from curation.fetch.politeness import HostBook, HostScheduler, Lanes, PolitenessOptions, PolitenessStats, Signal, host_of
 from curation.fetch.ssrf import AddressGuard, build_opener
 from curation.stage import (
@@ -57,6 +64,8 @@ from curation.stage import (
 )
 from curation.storage import StorageOptions
 from filters.image import StoredImage, process_image
+from filters.safety import SafetyOptions
+from jobs.stages.safety import Screen, load_screen
 from schemas import CANDIDATES, DETAIL, FETCHED, TEXT_OK, UID, Reason, Rejection
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,15 @@ log = logging.getLogger(__name__)
 STAGE = "download"
 FETCH_COLUMNS = [n for n in FETCHED.names if n not in TEXT_OK.names]
 STATUS_SUCCESS = "success"  # the status of every kept row
+NO_LISTS = SafetyOptions()
+
+
+@dataclass(frozen=True)
+class FetchedImage(StoredImage):
+    """A kept image with the content hashes of its original bytes (hex)."""
+
+    sha256: str = ""
+    md5: str = ""
 
 
 @dataclass(frozen=True)
@@ -202,13 +220,24 @@ def host_signal(failure: FetchFailed) -> Signal:
     return Signal.FAILED if failure.transient or failure.unreachable else Signal.OK
 
 
-def fetch_and_check(url: str, opener, opts: DownloadOptions) -> tuple[StoredImage | Rejection, FetchFailed | None]:
-    """The row's result, and the fetch failure behind it (None: the host sent a body)."""
+def fetch_and_check(
+    url: str, opener, opts: DownloadOptions, screen: Screen | None = None
+) -> tuple[FetchedImage | Rejection, FetchFailed | None]:
+    """The row's result, and the fetch failure behind it (None: the host sent a body). The body is
+    checked against the image lists before the image rules decode it."""
+    extra = tuple(a for a in (screen.image_algorithms if screen else ()) if a not in CONTENT_DIGESTS)
     try:
-        body = fetch(url, opener, opts.fetch, opts.rules.max_bytes)
+        body = fetch_body(url, opener, opts.fetch, opts.rules.max_bytes, CONTENT_DIGESTS + extra)
     except FetchFailed as e:
         return e.rejection, e
-    return process_image(body, opts.rules), None
+    blocked = screen.check_image(body.data, body.digests) if screen else None
+    if blocked is not None:
+        return blocked, None  # the body goes no further
+    image = process_image(body.data, opts.rules)
+    if isinstance(image, Rejection):
+        return image, None
+    own = {f: getattr(image, f) for f in StoredImage.__dataclass_fields__}
+    return FetchedImage(**own, sha256=body.hexdigest("sha256"), md5=body.hexdigest("md5")), None
 
 
 class _Progress:
@@ -226,43 +255,46 @@ class _Progress:
 
 
 def fetch_rows(
-    urls: list[str], opts: DownloadOptions, label: str = "", book: HostBook | None = None
-) -> tuple[list[StoredImage | Rejection], PolitenessStats]:
+    urls: list[str], opts: DownloadOptions, label: str = "", book: HostBook | None = None, screen: Screen | None = None
+) -> tuple[list[FetchedImage | Rejection], PolitenessStats]:
     """Every URL's result (in order), fetched by ``opts.threads`` threads under the politeness rules
-    (``book``: the task's host states, carried over from its previous shards)."""
+    (``book``: the task's host states, carried over from its previous shards). URLs on a list of
+    ``screen`` are rejected here and never requested."""
     opener = build_opener(
         AddressGuard.from_config(opts.fetch.allowed_addresses, opts.fetch.only_allowed_addresses),
         opts.fetch.max_redirects,
     )
-    scheduler = HostScheduler([host_of(u) for u in urls], opts.politeness, book=book)
-    results: list[StoredImage | Rejection | None] = [None] * len(urls)
-    progress = _Progress(label, len(urls))
+    results: list[FetchedImage | Rejection | None] = list(screen.check_urls(urls)) if screen else [None] * len(urls)
+    todo = [i for i, r in enumerate(results) if r is None]  # the rows to fetch (scheduler rows index this)
+    scheduler = HostScheduler([host_of(urls[i]) for i in todo], opts.politeness, book=book)
+    progress = _Progress(label, len(todo))
 
     def work() -> None:
         while (ticket := scheduler.take()) is not None:
+            row = todo[ticket.row]
             if ticket.cooled is not None:
-                results[ticket.row] = Rejection(Reason.FAILED_TO_DOWNLOAD, TRANSIENT + ticket.cooled)
+                results[row] = Rejection(Reason.FAILED_TO_DOWNLOAD, TRANSIENT + ticket.cooled)
             else:
                 signal, detail, wait = Signal.NONE, "", None
                 try:
-                    result, failure = fetch_and_check(urls[ticket.row], opener, opts)
+                    result, failure = fetch_and_check(urls[row], opener, opts, screen)
                     if failure is not None:
                         signal, detail, wait = host_signal(failure), failure.detail, failure.retry_after
                     else:
                         signal = Signal.OK
-                    results[ticket.row] = result
+                    results[row] = result
                 finally:  # the connection slot is given back even if the row raised
                     scheduler.finish(ticket, signal, detail, wait)
             progress.step()
 
-    workers = min(opts.threads, max(1, len(urls)))
+    workers = min(opts.threads, max(1, len(todo)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(work) for _ in range(workers)]:
             future.result()
     return results, scheduler.stats  # type: ignore[return-value]
 
 
-def _fetch_columns(images: list[StoredImage]) -> dict[str, pa.Array]:
+def _fetch_columns(images: list[FetchedImage]) -> dict[str, pa.Array]:
     schema = FETCHED.arrow_schema()
     values = {
         "status": [STATUS_SUCCESS] * len(images),
@@ -272,21 +304,23 @@ def _fetch_columns(images: list[StoredImage]) -> dict[str, pa.Array]:
         "image_bytes": [i.image_bytes for i in images],
         "image_format": [i.image_format for i in images],
         "bytes_original": [i.bytes_original for i in images],
+        "sha256": [i.sha256 for i in images],
+        "md5": [i.md5 for i in images],
     }
     return {name: pa.array(values[name], schema.field(name).type) for name in FETCH_COLUMNS}
 
 
 def download_table(
     rows: pa.Table, opts: DownloadOptions, label: str = "", politeness: PolitenessStats | None = None,
-    book: HostBook | None = None,
+    book: HostBook | None = None, screen: Screen | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Fetch and check every row: (kept rows with the fetch columns, REJECTED rows), both in input order.
     The politeness figures of the fetch are added to ``politeness`` when given."""
     urls, uids = rows.column("url").to_pylist(), rows.column(UID).to_pylist()
-    results, stats = fetch_rows(urls, opts, label, book)
+    results, stats = fetch_rows(urls, opts, label, book, screen)
     if politeness is not None:
         _add_stats(politeness, stats)
-    kept_idx = [i for i, r in enumerate(results) if isinstance(r, StoredImage)]
+    kept_idx = [i for i, r in enumerate(results) if isinstance(r, FetchedImage)]
     kept = rows.take(pa.array(kept_idx, pa.int64()))
     for name, column in _fetch_columns([results[i] for i in kept_idx]).items():
         kept = kept.append_column(FETCHED.arrow_schema().field(name), column)
@@ -334,7 +368,11 @@ def _write(
     return stage.write_shard(item.shard, kept, rejected, rows_in=rows_in, extra=extra)
 
 
-def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions) -> ShardStats:
+def _screen(safety: SafetyOptions, stage: StageDir) -> Screen | None:
+    return load_screen(safety, stage.storage) if safety.lists else None
+
+
+def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions, safety: SafetyOptions = NO_LISTS) -> ShardStats:
     """Refetch only the rows of a finished shard whose failure was transient; rewrite the shard.
 
     Idempotent: rows being retried are dropped from both old files before the new results join them,
@@ -346,7 +384,7 @@ def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions)
     retry = pa.array(sorted(u for u, f in zip(old_rejected.column(UID).to_pylist(), flags) if f), pa.string())
     redo = rows.filter(pc.is_in(rows.column(UID), retry))
     polite = PolitenessStats()
-    new_kept, new_rejected = download_table(redo, opts, f"{item.shard} (retry)", polite)
+    new_kept, new_rejected = download_table(redo, opts, f"{item.shard} (retry)", polite, screen=_screen(safety, stage))
     position = {u: i for i, u in enumerate(rows.column(UID).to_pylist())}
     kept = _in_input_order(pa.concat_tables([_without(old_kept, retry), new_kept.cast(old_kept.schema)]), position)
     rejected = _in_input_order(pa.concat_tables([_without(old_rejected, retry), new_rejected]), position)
@@ -354,23 +392,27 @@ def retry_transient_rows(stage: StageDir, item: WorkItem, opts: DownloadOptions)
     return _write(stage, item, rows.num_rows, kept, rejected, len(retry), polite)
 
 
-def download_task(item: WorkItem, stage: StageDir, opts: DownloadOptions, book: HostBook | None = None) -> ShardStats:
+def download_task(
+    item: WorkItem, stage: StageDir, opts: DownloadOptions, book: HostBook | None = None, safety: SafetyOptions = NO_LISTS
+) -> ShardStats:
     """Fetch one slice into its shard; a finished shard is skipped, or has its transient rows retried."""
     if stage.has_shard(item.shard):
         if opts.retry_transient and _marker(stage, item.shard).extra.get("transient"):
-            return retry_transient_rows(stage, item, opts)
+            return retry_transient_rows(stage, item, opts, safety)
         return ShardStats(item.shard, 0, 0, extra={"skipped": True})
     rows = read_rows(item, stage.storage)
     polite = PolitenessStats()
-    kept, rejected = download_table(rows, opts, item.shard, polite, book)
+    kept, rejected = download_table(rows, opts, item.shard, polite, book, _screen(safety, stage))
     return _write(stage, item, rows.num_rows, kept, rejected, 0, polite)
 
 
-def download_lane(items: list[WorkItem], stage: StageDir, opts: DownloadOptions) -> list[ShardStats]:
+def download_lane(
+    items: list[WorkItem], stage: StageDir, opts: DownloadOptions, safety: SafetyOptions = NO_LISTS
+) -> list[ShardStats]:
     """One task: a lane's shards, one after another (so a host's lanes bound the tasks reaching it),
     each host's back-off and cool-down carried from shard to shard."""
     book: HostBook = {}
-    return [download_task(item, stage, opts, book) for item in items]
+    return [download_task(item, stage, opts, book, safety) for item in items]
 
 
 def pending_transient(stage: StageDir) -> int:
@@ -378,11 +420,13 @@ def pending_transient(stage: StageDir) -> int:
     return sum(s.extra.get("transient", 0) for s in stage.completed_shards().values())
 
 
-def run_local(stage: StageDir, items: Iterable[WorkItem], opts: DownloadOptions) -> list[ShardStats]:
+def run_local(
+    stage: StageDir, items: Iterable[WorkItem], opts: DownloadOptions, safety: SafetyOptions = NO_LISTS
+) -> list[ShardStats]:
     """The local engine: the same tasks (one per lane), in a pool of spawned processes (in this process for
     one); the largest lanes start first, so that no large lane is left to run alone at the end."""
     lanes = sorted(by_lane(items), key=lambda lane: -sum(i.n_rows for i in lane))
-    task = partial(download_lane, stage=stage, opts=opts)
+    task = partial(download_lane, stage=stage, opts=opts, safety=safety)
     processes = min(opts.processes or os.cpu_count() or 1, max(1, len(lanes)))
     if processes == 1:
         return [stats for lane in lanes for stats in task(lane)]

@@ -6,7 +6,9 @@ and per rejection reason. Queries run in DuckDB over the stage parquet files; th
 loads nothing: images are data URIs, and every caption, URL and detail is escaped by the template.
 
 A rejected row carries only uid/reason/detail, so its sample shows the row as the stage received it: the
-uid is looked up in the previous stage's data (with its image when that stage stored images).
+uid is looked up in the previous stage's data (with its image when that stage stored images). Rows a safety
+hash list rejected are never sampled (no caption, URL or thumbnail of them is shown): the page counts them per
+list, from the rejected rows' details, and never shows a list's entries.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from jobs.stages.preset_query import VIEW, DuckDBEngine, Selection, input_schema
 from curation.stage import REJECTED_DIR, STATS, StageDir
 from curation.storage import StorageOptions
 from filters.presets import Preset, load_presets
-from schemas import DETAIL, UID
+from schemas import DETAIL, UID, Reason
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ HISTOGRAM_COLUMNS = (
     "nsfw_score_gantman",
 )
 SAMPLE_COLUMNS = (UID, "text", "url", "image_bytes")
+BLOCKLISTED = (Reason.BLOCKLISTED_URL.value, Reason.BLOCKLISTED_IMAGE.value)  # counted per list, never sampled
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Report:
     presets: list[PresetSummary] = field(default_factory=list)
     rejections: list[RejectionSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    safety: list[tuple[str, str, int]] = field(default_factory=list)  # (list, kind, rows it rejected) per safety list
 
 
 # --- reading the run ----------------------------------------------------------------------------
@@ -274,8 +278,9 @@ def rejection_summaries(
     con = duckdb.connect()
     register_parquet(con, "rejected", files, stage.storage)
     picked = con.sql(
-        "SELECT reason, uid, detail FROM rejected QUALIFY row_number() OVER (PARTITION BY reason ORDER BY uid, detail) <= $k",
-        params={"k": opts.samples},
+        "SELECT reason, uid, detail FROM rejected WHERE NOT list_contains($blocklisted, reason) "
+        "QUALIFY row_number() OVER (PARTITION BY reason ORDER BY uid, detail) <= $k",
+        params={"k": opts.samples, "blocklisted": list(BLOCKLISTED)},
     ).fetchall()
     upstream_files = upstream.files() if upstream is not None else []
     found: dict[str, Sample] = {}
@@ -290,6 +295,32 @@ def rejection_summaries(
         base = found.get(uid, Sample(uid))
         by_reason.setdefault(reason, []).append(Sample(uid, base.text, base.url, detail, base.thumbnail))
     return [RejectionSummary(stage.stage, reason, counts[reason], by_reason.get(reason, [])) for reason in sorted(counts)]
+
+
+def safety_counts(stages: list[StageDir], cfg: Config) -> list[tuple[str, str, int]]:
+    """(list name, kind, rows rejected) for every configured safety list and every list a stage's rejected
+    rows name (their detail is the list's ``detail``), counted from the written rows."""
+    counts = {entry.detail: 0 for entry in cfg.safety.lists}
+    kinds = {entry.detail: (entry.name, entry.kind) for entry in cfg.safety.lists}
+    for stage in stages:
+        files = stage.files(REJECTED_DIR)
+        if files:
+            con = duckdb.connect()
+            register_parquet(con, "rejected", files, stage.storage)
+            sql = "SELECT detail, count(*) FROM rejected WHERE list_contains($blocklisted, reason) GROUP BY detail"
+            for detail, n in con.sql(sql, params={"blocklisted": list(BLOCKLISTED)}).fetchall():
+                counts[detail] = counts.get(detail, 0) + n
+    out = []
+    for detail, n in sorted(counts.items()):
+        name, kind = kinds.get(detail) or _list_of(detail)
+        out.append((name, kind, n))
+    return out
+
+
+def _list_of(detail: str) -> tuple[str, str]:
+    """(name, kind) from a detail "safety list NAME (KIND)" of a list no longer configured."""
+    head, _, kind = (detail or "").removeprefix("safety list ").rpartition(" (")
+    return head, kind.rstrip(")")
 
 
 def _annotated(stages: list[StageDir]) -> tuple[StageDir, pa.Schema] | None:
@@ -318,6 +349,7 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
     dirs = [StageDir(storage.join(run_root, s.name), s.name, options) for s in stages]
     for i, (stage, summary) in enumerate(zip(dirs, stages)):
         report.rejections += rejection_summaries(stage, dirs[i - 1] if i else None, summary.rejected, opts)
+    report.safety = safety_counts([d for d, s in zip(dirs, stages) if set(BLOCKLISTED) & set(s.rejected)], cfg)
     for stage in dirs:
         report.histograms += stage_histograms(stage)
     annotated = _annotated(dirs)

@@ -55,6 +55,7 @@ def unique_rows(images: list[bytes | None], prefix: str = "row") -> list[dict]:
                 "status": "success", "error_message": None, "width": 1000 + i, "height": 800 + i,
                 "image_bytes": data, "image_format": "jpeg", "bytes_original": 50_000,
                 "image_phash": f"{i:016x}",
+                "sha256": hashlib.sha256(data or b"").hexdigest(), "md5": hashlib.md5(data or b"").hexdigest(),
             }
         )  # fmt: skip
     return rows

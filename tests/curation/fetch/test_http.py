@@ -1,10 +1,11 @@
 """curation/fetch/http.py against the loopback server: HTTP errors and their transient flag, timeouts,
 bounded bodies, X-Robots-Tag opt-outs (the same verdicts as img2dataset), retries (Retry-After
-honoured), connection resets, IRI and IDN URLs, and the user agent."""
+honoured), connection resets, IRI and IDN URLs, the user agent, and the digests of the body as it streamed in."""
 
 from __future__ import annotations
 
 import email.message
+import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -12,8 +13,10 @@ import pytest
 
 from curation.fetch.http import (
     FetchFailed,
+    READ_CHUNK,
     FetchOptions,
     fetch,
+    fetch_body,
     is_transient,
     request_url,
     retry_after_seconds,
@@ -21,6 +24,7 @@ from curation.fetch.http import (
 )
 from curation.fetch.ssrf import AddressGuard, build_opener
 from schemas import Reason
+from tests.http_server import generated_cases
 
 OPENER = build_opener(AddressGuard.from_config(["127.0.0.1"]))
 OPTS = FetchOptions(timeout_s=1.0, max_transfer_s=2.0)
@@ -188,3 +192,21 @@ def test_iri_paths_and_idn_hosts_are_fetched(image_server):
     with pytest.raises(FetchFailed) as caught:  # a label IDNA cannot encode (over 63 characters)
         fetch("http://" + "\u00fc" * 70 + ".example/a.jpg", OPENER, OPTS, MAX_BYTES)
     assert caught.value.reason == Reason.FAILED_TO_DOWNLOAD and caught.value.message.startswith("invalid url")
+
+
+def test_body_digests_equal_hashlib_on_the_bytes_the_server_sent(image_server):
+    sent = generated_cases()["large.jpg"][0]
+    assert len(sent) > 2 * READ_CHUNK  # hashed over several chunks, as they arrived
+    body = fetch_body(image_server.url("/gen/large.jpg"), OPENER, OPTS, MAX_BYTES, ("sha256", "md5", "sha1"))
+    assert body.data == sent
+    assert body.hexdigest("sha256") == hashlib.sha256(sent).hexdigest()
+    assert body.hexdigest("md5") == hashlib.md5(sent).hexdigest()
+    assert body.hexdigest("sha1") == hashlib.sha1(sent).hexdigest()
+
+
+def test_body_fetched_by_default_carries_sha256_and_md5_and_plain_fetch_the_same_bytes(image_server):
+    sent = generated_cases()["photo.jpg"][0]
+    body = fetch_body(image_server.url("/redirect?to=/gen/photo.jpg"), OPENER, OPTS, MAX_BYTES)
+    assert sorted(body.digests) == ["md5", "sha256"]
+    assert body.digests["sha256"] == hashlib.sha256(sent).digest() and body.digests["md5"] == hashlib.md5(sent).digest()
+    assert fetch(image_server.url("/gen/photo.jpg"), OPENER, OPTS, MAX_BYTES) == sent

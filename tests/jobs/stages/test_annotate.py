@@ -98,6 +98,9 @@ def test_task_writes_all_coyo_columns_and_rejects_undecodable_images(tmp_path, t
         assert kept.column(col).null_count == 0, col
     assert kept.column("image_phash").to_pylist() == ["0000000000000000", "0000000000000001", "0000000000000002"]
     assert kept.column("width").to_pylist() == [1000, 1001, 1002]
+    assert kept.column("sha256").to_pylist() == [hashlib.sha256(b).hexdigest() for b in images[:3]]  # carried from unique
+    assert kept.column("md5").to_pylist() == [hashlib.md5(b).hexdigest() for b in images[:3]]
+    assert kept.schema.names.index("sha256") > 16 and kept.schema.names.index("md5") > 16  # after COYO's 17
     assert stats.extra["nulls"]["nsfw_score_gantman"] == 3
     again = annotate_task(stage, chunk, tiny_models, RunOptions(device="cpu", batch_size=2))
     assert again.extra == {"skipped": True}
