@@ -76,7 +76,9 @@ def restricted(cfg, only: list[str]):
     """``cfg`` with only the named sections scoring (the others left null or switched off)."""
     import dataclasses
 
-    from models.config import FacesSpec, NudenetSpec, TokensSpec
+    from models.faces import FacesSpec
+    from models.nsfw import NudenetSpec
+    from models.tokens import TokensSpec
 
     if not only:
         return cfg

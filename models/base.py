@@ -8,8 +8,9 @@ goes through the same network twice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +24,26 @@ class ModelError(CurationError, ValueError):
 
 class MissingWeightsError(ModelError, FileNotFoundError):
     """A configured model's weight file does not exist; the message names the model and the path."""
+
+
+FILE = "file"  # a path or URI; a relative one is relative to the MODELS.toml folder
+ARCH = "arch"  # an architecture name, or (ending in .json) a model config file, then a FILE
+
+
+def file_field(default: Any = dataclasses.MISSING, kind: str = FILE) -> Any:
+    """A spec field that names a file: MODELS.toml resolves it, ``check_weights`` checks that it exists."""
+    return field(default=default, metadata={"file": kind})
+
+
+def spec_files(spec: object) -> list[tuple[str, str]]:
+    """(field, value) of every file a spec names, the ``weights`` field first, then the others in field
+    order; an ``ARCH`` field only when it names a .json file, unset fields not at all."""
+    found = []
+    for f in dataclasses.fields(spec):
+        kind, value = f.metadata.get("file"), getattr(spec, f.name)
+        if kind and isinstance(value, str) and value and (kind == FILE or value.endswith(".json")):
+            found.append((f.name, value))
+    return sorted(found, key=lambda item: item[0] != "weights")
 
 
 @dataclass(frozen=True)

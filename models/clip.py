@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,22 @@ import numpy as np
 from curation import storage
 from curation.storage import StorageOptions
 from models import weights
-from models.base import ImageTextBatch, ModelError, ViewSpec
-from models.config import ClipSpec
+from models.base import ARCH, ImageTextBatch, ModelError, ViewSpec, file_field
 from models.images import to_device_nchw
 
 log = logging.getLogger(__name__)
 
 TEXT_CHUNKS = 8  # a batch's captions are encoded in up to this many length-sorted chunks ...
 TEXT_CHUNK_MIN = 8  # ... of at least this many captions
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """[clip_vitb32] / [clip_vitl14] of MODELS.toml."""
+
+    arch: str = file_field(kind=ARCH)  # an open_clip model name, or a .json open_clip model config
+    weights: str = file_field()
+    quick_gelu: bool = True  # OpenAI's CLIP weights use QuickGELU
 
 
 def register_arch(arch: str, options: StorageOptions | None = None) -> str:
@@ -123,8 +132,8 @@ class ClipScorer:
         with torch.inference_mode(), _autocast(self.device):
             if len(texts) <= TEXT_CHUNK_MIN:
                 return encode_text_trimmed(self.model, tokens).float()
-            # captions sorted by length in a few chunks, each trimmed to its own longest: one long
-            # caption no longer makes the whole batch pay for 77 positions
+            # captions sorted by length in a few chunks, each trimmed to its own longest, so that one
+            # long caption does not make the whole batch pay for 77 positions
             order = torch.argsort(tokens.argmax(dim=-1))
             size = max(TEXT_CHUNK_MIN, -(-len(texts) // TEXT_CHUNKS))
             parts = [(rows, encode_text_trimmed(self.model, tokens[rows]).float()) for rows in order.split(size)]

@@ -1,128 +1,60 @@
 """MODELS.toml: which scorers run and where their weights are (local paths or s3:// URIs).
 
-Relative paths are resolved against the folder of the MODELS.toml file. A section that is absent
-leaves its columns null (the stage's stats say so); a section that names a file that does not exist
-stops the stage with an error naming the model and the file.
+One section per row of the scorer table (models.registry.SCORERS), its keys the fields of the row's
+spec dataclass; configs/models.toml is a full template. Relative file paths are resolved against the
+folder of the MODELS.toml file. A section that is absent leaves its columns null (the stage's stats say
+so) unless its row has a default (nudenet, faces, tokens run offline); a section that names a file that
+does not exist stops the stage with an error naming the model and the file.
 
     [clip_vitb32]                 # clip_similarity_vitb32
     arch = "ViT-B-32"             # an open_clip model name, or a .json open_clip model config
     weights = "clip-vit-b-32.safetensors"
     quick_gelu = true             # OpenAI's CLIP weights use QuickGELU
-    [clip_vitl14]                 # clip_similarity_vitl14
-    arch = "ViT-L-14"
-    weights = "clip-vit-l-14.safetensors"
-    [aesthetic_laion_v2]          # aesthetic_score_laion_v2, on the ViT-L/14 image embedding
+    [aesthetic_laion_v2]          # aesthetic_score_laion_v2, on the ViT-L/14 embedding: needs [clip_vitl14]
     weights = "sac+logos+ava1-l14-linearMSE.pth"
-    [watermark]                   # watermark_score
-    arch = "efficientnet_b3a"
-    weights = "watermark_model_v1.pt"
-    [nsfw_opennsfw2]              # nsfw_score_opennsfw2 (ONNX export of the Keras model)
-    weights = "open_nsfw_weights.onnx"
-    [nsfw_gantman]                # nsfw_score_gantman (ONNX export of GantMan's MobileNetV2 224)
-    weights = "gantman_mobilenet_v2_224.onnx"
-    [nsfw_nudenet]                # nsfw_score_nudenet; on by default with the detector nudenet ships
-    enabled = true
-    [faces]                       # num_faces; default OpenCV's bundled Haar cascade
+    [faces]                       # num_faces; default OpenCV's bundled Haar cascade, "none" switches it off
     detector = "opencv-haar"
-    [tokens]                      # num_tokens_bert / num_tokens_gpt; default: vocabularies blingfire ships
-    bert_vocab = "vocab.txt"      # optional: a BERT vocab.txt
-    gpt2_vocab = "vocab.json"     # optional: GPT-2 vocab.json + merges.txt
-    gpt2_merges = "merges.txt"
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
-from dataclasses import dataclass
 from typing import Any
 
-from curation.errors import CurationError
 from curation import storage
-
-FACE_DETECTORS = ("opencv-haar", "none")
+from curation.errors import CurationError
+from models.base import ARCH
+from models.registry import REGISTRY, ScorerEntry, ScorerTable
 
 
 class ModelsConfigError(CurationError, ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class ClipSpec:
-    arch: str
-    weights: str
-    quick_gelu: bool = True
+def _to_dict(self) -> dict:
+    return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class HeadSpec:
-    weights: str
+@functools.cache
+def models_config_type(table: ScorerTable) -> type:
+    """The frozen dataclass of a whole MODELS.toml: one field per table row (its spec, or its default),
+    in table order, then ``source``."""
+    fields: list[tuple[str, Any, Any]] = [
+        (e.name, e.spec if e.default is not None else e.spec | None, dataclasses.field(default=e.default))
+        for e in table.entries.values()
+    ]
+    fields.append(("source", str | None, dataclasses.field(default=None)))  # the MODELS.toml it came from
+    cls = dataclasses.make_dataclass(
+        "ModelsConfig", fields, frozen=True,
+        namespace={"to_dict": _to_dict, "__module__": __name__, "__doc__": "Every MODELS.toml section, parsed."},
+    )  # fmt: skip
+    cls.__module__ = __name__  # pickled by reference (Spark ships it to the executors)
+    return cls
 
 
-@dataclass(frozen=True)
-class WatermarkSpec:
-    weights: str
-    arch: str = "efficientnet_b3a"
-    image_size: int = 256
-
-
-@dataclass(frozen=True)
-class OnnxSpec:
-    weights: str
-
-
-@dataclass(frozen=True)
-class NudenetSpec:
-    enabled: bool = True
-    weights: str | None = None  # default: the 320n.onnx inside the nudenet package
-    image_size: int = 320
-
-
-@dataclass(frozen=True)
-class FacesSpec:
-    detector: str = "opencv-haar"
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    min_size: int = 24
-
-
-@dataclass(frozen=True)
-class TokensSpec:
-    enabled: bool = True
-    bert_vocab: str | None = None
-    gpt2_vocab: str | None = None
-    gpt2_merges: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    clip_vitb32: ClipSpec | None = None
-    clip_vitl14: ClipSpec | None = None
-    aesthetic_laion_v2: HeadSpec | None = None
-    watermark: WatermarkSpec | None = None
-    nsfw_opennsfw2: OnnxSpec | None = None
-    nsfw_gantman: OnnxSpec | None = None
-    nsfw_nudenet: NudenetSpec = NudenetSpec()
-    faces: FacesSpec = FacesSpec()
-    tokens: TokensSpec = TokensSpec()
-    source: str | None = None  # the MODELS.toml it came from (for messages and stats)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-_SECTIONS: dict[str, type] = {
-    "clip_vitb32": ClipSpec,
-    "clip_vitl14": ClipSpec,
-    "aesthetic_laion_v2": HeadSpec,
-    "watermark": WatermarkSpec,
-    "nsfw_opennsfw2": OnnxSpec,
-    "nsfw_gantman": OnnxSpec,
-    "nsfw_nudenet": NudenetSpec,
-    "faces": FacesSpec,
-    "tokens": TokensSpec,
-}
-_PATH_KEYS = ("weights", "arch", "bert_vocab", "gpt2_vocab", "gpt2_merges")
+ModelsConfig = models_config_type(REGISTRY)
 
 
 def _resolve(base: str, value: str) -> str:
@@ -132,47 +64,46 @@ def _resolve(base: str, value: str) -> str:
     return storage.relative_to(base, value)
 
 
-def _section(name: str, data: Any, base: str, where: str):
-    cls = _SECTIONS[name]
+def _section(entry: ScorerEntry, data: Any, base: str, where: str):
+    name, cls = entry.name, entry.spec
     if not isinstance(data, dict):
         raise ModelsConfigError(f"{where}: [{name}] must be a table")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ModelsConfigError(f"{where}: unknown key(s) {unknown} in [{name}]; known: {sorted(fields)}")
     values = dict(data)
-    for key in _PATH_KEYS:
-        if key in values and isinstance(values[key], str):
-            if key == "arch" and not values[key].endswith(".json"):
-                continue  # a registry name, not a file
-            values[key] = _resolve(base, values[key])
+    for key, value in data.items():
+        kind = fields[key].metadata.get("file")
+        if kind and isinstance(value, str) and (kind != ARCH or value.endswith(".json")):
+            values[key] = _resolve(base, value)  # an ARCH not ending in .json is a name, not a file
     try:
         return cls(**values)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelsConfigError(f"{where}: [{name}] {e}") from e
 
 
-def parse_models_config(data: dict, base: str = ".", source: str | None = None) -> ModelsConfig:
+def parse_models_config(data: dict, base: str = ".", source: str | None = None, table: ScorerTable = REGISTRY):
     where = source or "models config"
-    unknown = sorted(set(data) - set(_SECTIONS))
+    unknown = sorted(set(data) - set(table.entries))
     if unknown:
-        raise ModelsConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
+        raise ModelsConfigError(f"{where}: unknown section(s) {unknown}; known: {sorted(table.entries)}")
     kwargs, problems = {}, []
     for name, value in data.items():  # every section's problem is reported, not only the first
         try:
-            kwargs[name] = _section(name, value, base, where)
+            kwargs[name] = _section(table.entries[name], value, base, where)
         except ModelsConfigError as e:
             problems.append(str(e))
-    if kwargs.get("faces") and kwargs["faces"].detector not in FACE_DETECTORS:
-        problems.append(f"{where}: [faces] detector must be one of {FACE_DETECTORS}")
-    if "aesthetic_laion_v2" in kwargs and "clip_vitl14" not in kwargs and "clip_vitl14" not in data:
-        problems.append(f"{where}: [aesthetic_laion_v2] runs on the ViT-L/14 embedding: configure [clip_vitl14]")
+    for name in kwargs:
+        needs = table.entries[name].requires
+        if needs is not None and needs.section not in data:
+            problems.append(f"{where}: [{name}] runs on {needs.what}: configure [{needs.section}]")
     if problems:
         raise ModelsConfigError("\n".join(problems))
-    return ModelsConfig(**kwargs, source=source)
+    return models_config_type(table)(**kwargs, source=source)
 
 
-def load_models_config(uri: str | None, options: storage.StorageOptions | None = None) -> ModelsConfig:
+def load_models_config(uri: str | None, options: storage.StorageOptions | None = None):
     """Read MODELS.toml (local or s3://); ``None`` gives the offline defaults (nudenet, Haar, tokens)."""
     if uri is None:
         return ModelsConfig()

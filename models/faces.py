@@ -3,19 +3,38 @@
 It runs on the grayscale image as stored by the download stage (shorter side ~384 px), so faces
 smaller than ``min_size`` pixels there are not counted. OpenCV's YuNet (cv2.FaceDetectorYN) is more
 accurate but its ONNX file is not shipped with opencv-python, and SCRFD needs insightface's ONNX
-weights: neither is wired here yet (see the README).
+weights: neither is supported (see the README).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.base import ImageTextBatch, ModelError, ViewSpec
-from models.config import FacesSpec
 
 CASCADE = "haarcascade_frontalface_default.xml"
+FACE_DETECTORS = ("opencv-haar", "none")
+
+
+@dataclass(frozen=True)
+class FacesSpec:
+    """[faces] of MODELS.toml; ``detector = "none"`` leaves num_faces null."""
+
+    detector: str = "opencv-haar"
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    min_size: int = 24
+
+    def __post_init__(self) -> None:
+        if self.detector not in FACE_DETECTORS:
+            raise ValueError(f"detector must be one of {FACE_DETECTORS}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.detector != "none"
 
 
 class HaarFaceCounter:

@@ -10,22 +10,39 @@ Both modules reproduce the original layer layout, so LAION's released state dict
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from curation.storage import StorageOptions
 from models import weights
-from models.base import ImageTextBatch, ModelError, ViewSpec
+from models.base import ARCH, ImageTextBatch, ModelError, ViewSpec, file_field
 from models.clip import _autocast
-from models.config import HeadSpec, WatermarkSpec
 from models.images import to_device_nchw
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AESTHETIC_HIDDEN = (1024, 128, 64, 16)
 WATERMARK_HIDDEN = (625, 256)
-# timm dropped the "a" variant name; efficientnet_b3a was efficientnet_b3 (width 1.2, depth 1.4) with
-# another default input size, so the architecture and state-dict keys are the same.
+# timm has no "a" variant name: efficientnet_b3a is efficientnet_b3 (width 1.2, depth 1.4) with another
+# default input size, so the architecture and state-dict keys are the same.
 TIMM_ALIASES = {"efficientnet_b3a": "efficientnet_b3"}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """[aesthetic_laion_v2] of MODELS.toml."""
+
+    weights: str = file_field()
+
+
+@dataclass(frozen=True)
+class WatermarkSpec:
+    """[watermark] of MODELS.toml."""
+
+    weights: str = file_field()
+    arch: str = file_field("efficientnet_b3a", kind=ARCH)  # a timm architecture name
+    image_size: int = 256
 
 
 def aesthetic_mlp(input_size: int = 768):

@@ -16,14 +16,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from curation.storage import StorageOptions
 from models import weights
-from models.base import ImageTextBatch, ModelError, ViewSpec, as_numpy
-from models.config import NudenetSpec, OnnxSpec
+from models.base import ImageTextBatch, ModelError, ViewSpec, as_numpy, file_field
 
 NUDENET_LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -40,6 +40,22 @@ OPENNSFW2_MEAN_BGR = (104.0, 117.0, 123.0)
 NUDENET_MIN_SCORE = 0.2
 NUDENET_NMS_SCORE = 0.25
 NUDENET_NMS_IOU = 0.45
+
+
+@dataclass(frozen=True)
+class OnnxSpec:
+    """[nsfw_opennsfw2] / [nsfw_gantman] of MODELS.toml: an ONNX export of the Keras model."""
+
+    weights: str = file_field()
+
+
+@dataclass(frozen=True)
+class NudenetSpec:
+    """[nsfw_nudenet] of MODELS.toml; on by default with the detector the nudenet package ships."""
+
+    enabled: bool = True
+    weights: str | None = file_field(None)  # default: the 320n.onnx inside the nudenet package
+    image_size: int = 320
 
 
 def nudenet_model_path() -> str:

@@ -1,73 +1,133 @@
-"""Which scorer fills which column, built from a ModelsConfig, in the order they must run."""
+"""The scorer table: one row per MODELS.toml section, in the order the scorers run.
+
+A row names the section, its spec dataclass (the section's keys; ``file_field`` marks the keys that
+name files), the spec used when the section is absent (``None``: its columns stay null), the factory
+that builds the scorer, and where its weights come from. The columns a row fills are the ANNOTATED
+columns whose ``model`` is the row's name (schemas/tables.py). Everything else is derived from the
+table and the schema: the MODELS.toml sections and their parsing (models.config), the weight files to
+check, the column descriptions and the scorers the runner loads.
+
+Adding a scorer: its module (models/<name>.py: the scorer class and its spec), one row in ``SCORERS``,
+and its column(s) in ``ANNOTATED`` with ``model="<section>"``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from curation.storage import StorageOptions
-from schemas import ANNOTATED
 from models import weights
-from models.base import MissingWeightsError, ModelError, Scorer
-from models.config import ModelsConfig
+from models.base import MissingWeightsError, ModelError, Scorer, spec_files
+from models.clip import ClipScorer, ClipSpec
+from models.faces import FacesSpec, HaarFaceCounter
+from models.heads import AestheticScorer, HeadSpec, WatermarkScorer, WatermarkSpec
+from models.nsfw import NudenetScorer, NudenetSpec, OnnxNsfwScorer, OnnxSpec
+from models.tokens import TokenCounter, TokensSpec
+from schemas import ANNOTATED, Table
 
 L14_EMBEDDING = "clip_vitl14.image_embedding"
-
-# every score column the annotate stage fills, with the MODELS.toml section that fills it (from the schema)
-SCORE_COLUMNS: dict[str, str] = {c.name: c.model for c in ANNOTATED.columns if c.model}
+ONNX_HINT = "convert the Keras model to ONNX (README, 'Models')"
 
 
-def build_scorers(cfg: ModelsConfig, options: StorageOptions | None = None) -> list[Scorer]:
-    """Scorers for every configured section; providers of shared features come before their users."""
-    from models.clip import ClipScorer
-    from models.faces import HaarFaceCounter
-    from models.heads import AestheticScorer, WatermarkScorer
-    from models.nsfw import NudenetScorer, OnnxNsfwScorer
-    from models.tokens import TokenCounter
+@dataclass(frozen=True)
+class Checkpoint:
+    """A public checkpoint that ``curation models fetch`` downloads (models.weights.fetch)."""
 
-    scorers: list[Scorer] = []
-    if cfg.clip_vitb32:
-        scorers.append(ClipScorer("clip_vitb32", "clip_similarity_vitb32", cfg.clip_vitb32, options))
-    if cfg.clip_vitl14:
-        share = L14_EMBEDDING if cfg.aesthetic_laion_v2 else None
-        scorers.append(ClipScorer("clip_vitl14", "clip_similarity_vitl14", cfg.clip_vitl14, options, share_as=share))
-    if cfg.aesthetic_laion_v2:
-        scorers.append(AestheticScorer("aesthetic_laion_v2", cfg.aesthetic_laion_v2, L14_EMBEDDING, options))
-    if cfg.watermark:
-        scorers.append(WatermarkScorer("watermark", cfg.watermark, options))
-    if cfg.nsfw_opennsfw2:
-        scorers.append(OnnxNsfwScorer("nsfw_opennsfw2", "opennsfw2", cfg.nsfw_opennsfw2, options))
-    if cfg.nsfw_gantman:
-        scorers.append(OnnxNsfwScorer("nsfw_gantman", "gantman", cfg.nsfw_gantman, options))
-    if cfg.nsfw_nudenet.enabled:
-        scorers.append(NudenetScorer("nsfw_nudenet", cfg.nsfw_nudenet, options))
-    if cfg.faces.detector == "opencv-haar":
-        scorers.append(HaarFaceCounter("faces", cfg.faces))
-    if cfg.tokens.enabled:
-        scorers.append(TokenCounter("tokens", cfg.tokens, options))
-    return scorers
+    filename: str  # its name in the fetch folder
+    url: str  # canonical public location (never contacted by the tests)
+    licence: str
+    section: tuple[tuple[str, object], ...] = ()  # MODELS.toml keys besides weights
+    sha256: str | None = None  # pinned only where the publisher states it
+    size: int | None = None
 
 
-def weight_files(cfg: ModelsConfig) -> dict[str, str]:
-    """model section -> every file it needs (the ones a package ships are not listed)."""
-    files: dict[str, str] = {}
-    for name in ("clip_vitb32", "clip_vitl14", "aesthetic_laion_v2", "watermark", "nsfw_opennsfw2", "nsfw_gantman"):
-        spec = getattr(cfg, name)
-        if spec is not None:
-            files[name] = spec.weights
-            if getattr(spec, "arch", "").endswith(".json"):
-                files[f"{name}.arch"] = spec.arch
-    if cfg.nsfw_nudenet.enabled and cfg.nsfw_nudenet.weights:
-        files["nsfw_nudenet"] = cfg.nsfw_nudenet.weights
-    for key in ("bert_vocab", "gpt2_vocab", "gpt2_merges"):
-        if cfg.tokens.enabled and getattr(cfg.tokens, key):
-            files[f"tokens.{key}"] = getattr(cfg.tokens, key)
-    return files
+@dataclass(frozen=True)
+class Requires:
+    """A section that runs on what another section's scorer provides (the aesthetic head: ViT-L/14)."""
+
+    section: str
+    what: str  # what it takes from there, for messages
 
 
-def check_weights(cfg: ModelsConfig, options: StorageOptions | None = None) -> None:
-    """Fail before any work starts if a configured file is missing (the error names model and file)."""
-    for model, uri in weight_files(cfg).items():
-        weights.check_exists(model, uri, options)
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory gets besides its spec."""
+
+    name: str  # the section
+    columns: tuple[str, ...]  # the ANNOTATED columns the scorer must fill
+    cfg: Any  # the whole ModelsConfig (a scorer may depend on which other sections are configured)
+    options: StorageOptions | None
+
+    def configured(self, section: str) -> bool:
+        return enabled(getattr(self.cfg, section))
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    name: str  # the MODELS.toml section
+    spec: type  # the section's dataclass
+    build: Callable[[Any, BuildContext], Scorer]
+    default: object | None = None  # the spec of an absent section; None: not run unless configured
+    requires: Requires | None = None
+    checkpoint: Checkpoint | None = None
+    how_to_get: str | None = None  # where its weights come from, when `models fetch` does not fetch them
+
+
+def enabled(spec: object | None) -> bool:
+    """A section runs when it is configured (or on by default) and not switched off (``enabled``)."""
+    return spec is not None and getattr(spec, "enabled", True)
+
+
+def _checkpoint(filename: str, url: str, licence: str, **section: object) -> Checkpoint:
+    return Checkpoint(filename, url, licence, tuple(section.items()))
+
+
+SCORERS: tuple[ScorerEntry, ...] = (
+    ScorerEntry(
+        "clip_vitb32", ClipSpec, lambda spec, ctx: ClipScorer(ctx.name, ctx.columns[0], spec, ctx.options),
+        checkpoint=_checkpoint(
+            "clip-vit-b-32-openai.safetensors",
+            "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors",
+            "MIT (OpenAI CLIP)", arch="ViT-B-32", quick_gelu=True,
+        ),
+    ),
+    ScorerEntry(
+        "clip_vitl14", ClipSpec,
+        lambda spec, ctx: ClipScorer(ctx.name, ctx.columns[0], spec, ctx.options,
+                                     share_as=L14_EMBEDDING if ctx.configured("aesthetic_laion_v2") else None),
+        checkpoint=_checkpoint(
+            "clip-vit-l-14-openai.safetensors",
+            "https://huggingface.co/timm/vit_large_patch14_clip_224.openai/resolve/main/open_clip_model.safetensors",
+            "MIT (OpenAI CLIP)", arch="ViT-L-14", quick_gelu=True,
+        ),
+    ),
+    ScorerEntry(
+        "aesthetic_laion_v2", HeadSpec, lambda spec, ctx: AestheticScorer(ctx.name, spec, L14_EMBEDDING, ctx.options),
+        requires=Requires("clip_vitl14", "the ViT-L/14 embedding"),
+        checkpoint=_checkpoint(
+            "sac+logos+ava1-l14-linearMSE.pth",
+            "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth",
+            "Apache-2.0 (improved-aesthetic-predictor)",
+        ),
+    ),
+    ScorerEntry(
+        "watermark", WatermarkSpec, lambda spec, ctx: WatermarkScorer(ctx.name, spec, ctx.options),
+        checkpoint=_checkpoint(
+            "watermark_model_v1.pt",
+            "https://github.com/LAION-AI/LAION-5B-WatermarkDetection/raw/main/models/watermark_model_v1.pt",
+            "MIT (LAION-5B-WatermarkDetection)", arch="efficientnet_b3a",
+        ),
+    ),
+    ScorerEntry("nsfw_opennsfw2", OnnxSpec, lambda spec, ctx: OnnxNsfwScorer(ctx.name, "opennsfw2", spec, ctx.options),
+                how_to_get=ONNX_HINT),
+    ScorerEntry("nsfw_gantman", OnnxSpec, lambda spec, ctx: OnnxNsfwScorer(ctx.name, "gantman", spec, ctx.options),
+                how_to_get=ONNX_HINT),
+    ScorerEntry("nsfw_nudenet", NudenetSpec, lambda spec, ctx: NudenetScorer(ctx.name, spec, ctx.options), NudenetSpec()),
+    ScorerEntry("faces", FacesSpec, lambda spec, ctx: HaarFaceCounter(ctx.name, spec), FacesSpec()),
+    ScorerEntry("tokens", TokensSpec, lambda spec, ctx: TokenCounter(ctx.name, spec, ctx.options), TokensSpec()),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,50 +145,108 @@ class ColumnStatus:
         return self.filled_by or f"null: [{self.section}] not configured"
 
 
-def how_to_get(section: str) -> str | None:
-    from models.weights.fetch import SOURCES
+class ScorerTable:
+    """A scorer table checked against the annotated schema, with what is derived from both."""
 
-    if section in SOURCES:
-        return f"`curation models fetch DIR --only {section}` (README, 'Models')"
-    if section in ("nsfw_opennsfw2", "nsfw_gantman"):
-        return "convert the Keras model to ONNX (README, 'Models')"
-    return None
+    def __init__(self, entries: tuple[ScorerEntry, ...], schema: Table = ANNOTATED):
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scorer table: a section appears twice: {names}")
+        self.entries = {e.name: e for e in entries}
+        # every score column the annotate stage fills, with the section that fills it
+        self.score_columns: dict[str, str] = {c.name: c.model for c in schema.columns if c.model}
+        unknown = sorted({s for s in self.score_columns.values() if s not in self.entries})
+        if unknown:
+            raise ValueError(f"{schema.name} columns name sections {unknown} that no scorer table row has")
+        self.columns = {n: tuple(c for c, s in self.score_columns.items() if s == n) for n in names}
+        bare = [n for n, cols in self.columns.items() if not cols]
+        if bare:
+            raise ValueError(f"scorer sections {bare} fill no {schema.name} column (give a Column model=...)")
 
+    def configured(self, cfg) -> list[tuple[ScorerEntry, object]]:
+        """(row, spec) of every section that runs, in table order."""
+        return [(e, spec) for e in self.entries.values() if enabled(spec := getattr(cfg, e.name))]
 
-def check_models(cfg: ModelsConfig, options: StorageOptions | None = None, load: bool = False) -> list[ColumnStatus]:
-    """Every score column with what fills it and, all at once, every problem: each missing file, and
-    with ``load`` each checkpoint that does not load into its architecture (loaded on CPU, one at a time)."""
-    scorers = {s.name: s for s in build_scorers(cfg, options)}
-    problems: dict[str, list[str]] = {}
-    for model, uri in weight_files(cfg).items():
-        try:
+    def build_scorers(self, cfg, options: StorageOptions | None = None) -> list[Scorer]:
+        """Scorers for every configured section; providers of shared features come before their users."""
+        scorers = []
+        for entry, spec in self.configured(cfg):
+            scorer = entry.build(spec, BuildContext(entry.name, self.columns[entry.name], cfg, options))
+            if tuple(scorer.columns) != self.columns[entry.name]:
+                raise ModelError(f"scorer {entry.name!r} fills {scorer.columns}, the schema gives it {self.columns[entry.name]}")
+            scorers.append(scorer)
+        return scorers
+
+    def weight_files(self, cfg) -> dict[str, str]:
+        """``section`` (its weights) or ``section.key`` (another file) -> every file a configured section
+        names (the ones a package ships are not listed)."""
+        return {
+            entry.name if key == "weights" else f"{entry.name}.{key}": uri
+            for entry, spec in self.configured(cfg)
+            for key, uri in spec_files(spec)
+        }
+
+    def check_weights(self, cfg, options: StorageOptions | None = None) -> None:
+        """Fail before any work starts if a configured file is missing (the error names model and file)."""
+        for model, uri in self.weight_files(cfg).items():
             weights.check_exists(model, uri, options)
-        except MissingWeightsError as e:
-            problems.setdefault(model.split(".")[0], []).append(str(e))
-    if load:
-        for name, scorer in scorers.items():
-            if name in problems:
-                continue
+
+    def how_to_get(self, section: str) -> str | None:
+        entry = self.entries.get(section)
+        if entry is not None and entry.checkpoint is not None:
+            return f"`curation models fetch DIR --only {section}` (README, 'Models')"
+        return entry.how_to_get if entry is not None else None
+
+    def check_models(self, cfg, options: StorageOptions | None = None, load: bool = False) -> list[ColumnStatus]:
+        """Every score column with what fills it and, all at once, every problem: each missing file, and
+        with ``load`` each checkpoint that does not load into its architecture (loaded on CPU, one at a time)."""
+        scorers = {s.name: s for s in self.build_scorers(cfg, options)}
+        problems: dict[str, list[str]] = {}
+        for model, uri in self.weight_files(cfg).items():
             try:
-                scorer.load("cpu")
-            except (ModelError, OSError, RuntimeError, ValueError) as e:
-                problems.setdefault(name, []).append(f"model {name!r}: {e}")
-            finally:
-                for attr in ("model", "session"):
-                    if hasattr(scorer, attr):
-                        setattr(scorer, attr, None)  # free it before the next one loads
-    if "clip_vitl14" in problems and "aesthetic_laion_v2" in scorers:
-        problems.setdefault("aesthetic_laion_v2", []).append("model 'aesthetic_laion_v2': needs the ViT-L/14 embedding, and clip_vitl14 has a problem")
-    filled = {col: s.describe() for s in scorers.values() for col in s.columns}
-    out = []
-    for column, section in SCORE_COLUMNS.items():
-        problem = "; ".join(problems.get(section, [])) or None
-        out.append(ColumnStatus(column, section, filled.get(column), problem, how_to_get(section) if problem else None))
-    return out
+                weights.check_exists(model, uri, options)
+            except MissingWeightsError as e:
+                problems.setdefault(model.split(".")[0], []).append(str(e))
+        if load:
+            for name, scorer in scorers.items():
+                if name not in problems:
+                    _try_load(name, scorer, problems)
+        for entry, _ in self.configured(cfg):
+            needs = entry.requires
+            if needs is not None and needs.section in problems:
+                problems.setdefault(entry.name, []).append(
+                    f"model {entry.name!r}: needs {needs.what}, and {needs.section} has a problem"
+                )
+        filled = {col: s.describe() for s in scorers.values() for col in s.columns}
+        out = []
+        for column, section in self.score_columns.items():
+            problem = "; ".join(problems.get(section, [])) or None
+            out.append(ColumnStatus(column, section, filled.get(column), problem, self.how_to_get(section) if problem else None))
+        return out
+
+    def describe_columns(self, cfg, scorers: list[Scorer] | None = None) -> dict[str, str]:
+        """column -> what fills it, or why it is null."""
+        scorers = scorers if scorers is not None else self.build_scorers(cfg)
+        filled = {col: s.describe() for s in scorers for col in s.columns}
+        return {col: filled.get(col, f"null: [{section}] not configured") for col, section in self.score_columns.items()}
 
 
-def describe_columns(cfg: ModelsConfig, scorers: list[Scorer] | None = None) -> dict[str, str]:
-    """column -> what fills it, or why it is null."""
-    scorers = scorers if scorers is not None else build_scorers(cfg)
-    filled = {col: s.describe() for s in scorers for col in s.columns}
-    return {col: filled.get(col, f"null: [{section}] not configured") for col, section in SCORE_COLUMNS.items()}
+def _try_load(name: str, scorer: Scorer, problems: dict[str, list[str]]) -> None:
+    try:
+        scorer.load("cpu")
+    except (ModelError, OSError, RuntimeError, ValueError) as e:
+        problems.setdefault(name, []).append(f"model {name!r}: {e}")
+    finally:
+        for attr in ("model", "session"):
+            if hasattr(scorer, attr):
+                setattr(scorer, attr, None)  # free it before the next one loads
+
+
+REGISTRY = ScorerTable(SCORERS)
+SCORE_COLUMNS = REGISTRY.score_columns
+build_scorers = REGISTRY.build_scorers
+weight_files = REGISTRY.weight_files
+check_weights = REGISTRY.check_weights
+check_models = REGISTRY.check_models
+describe_columns = REGISTRY.describe_columns
+how_to_get = REGISTRY.how_to_get

@@ -17,19 +17,29 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
 from curation.storage import StorageOptions
 from models import weights
-from models.base import ImageTextBatch, ModelError, ViewSpec
-from models.config import TokensSpec
+from models.base import ImageTextBatch, ModelError, ViewSpec, file_field
 
 BERT_SIZE = 30_522
 GPT2_SIZE = 50_257
 BERT_SPECIALS = {100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 0: "[PAD]"}
 GPT2_EOT = "<|endoftext|>"
 _I2W_COUNT_AT = 24 * 4  # int32 index 24 of blingfire's i2w header holds the entry count; offsets follow
+
+
+@dataclass(frozen=True)
+class TokensSpec:
+    """[tokens] of MODELS.toml; unset vocab files: the vocabularies blingfire ships."""
+
+    enabled: bool = True
+    bert_vocab: str | None = file_field(None)  # a BERT vocab.txt
+    gpt2_vocab: str | None = file_field(None)  # GPT-2 vocab.json, with gpt2_merges
+    gpt2_merges: str | None = file_field(None)  # GPT-2 merges.txt
 
 
 def blingfire_file(name: str) -> str:

@@ -43,7 +43,8 @@ class Column:
     kind: str  # a key of _ARROW_TYPES
     nullable: bool = True
     doc: str = ""
-    model: str = ""  # a score column: the [models] section (MODELS.toml) whose scorer fills it
+    model: str = ""  # a score column: the MODELS.toml section (a models.registry row) whose scorer fills it
+    histogram: bool = False  # the run report draws its distribution
 
     def __post_init__(self) -> None:
         if self.kind not in _ARROW_TYPES:
@@ -180,20 +181,20 @@ ANNOTATED = Table(
         Column("id", "int64", False, "top 63 bits of md5(uid), collisions resolved (non-negative, from the uid alone)"),
         Column(URL, "string", False, "image url"),
         Column(TEXT, "string", False, "normalised caption"),
-        Column("width", "int32", True, "original width in pixels"),
-        Column("height", "int32", True, "original height in pixels"),
+        Column("width", "int32", True, "original width in pixels", histogram=True),
+        Column("height", "int32", True, "original height in pixels", histogram=True),
         Column("image_phash", "string", True, "64-bit DCT pHash as 16 hex characters"),
         Column("text_length", "int32", True, "characters of the caption"),
         Column("word_count", "int32", True, "whitespace-separated words of the caption"),
         Column("num_tokens_bert", "int32", True, "BERT base uncased WordPiece tokens, without [CLS]/[SEP]", model="tokens"),
         Column("num_tokens_gpt", "int32", True, "GPT-2 BPE tokens", model="tokens"),
         Column("num_faces", "int32", True, "faces the face detector finds on the stored image", model="faces"),
-        Column("clip_similarity_vitb32", "float32", True, "cosine of CLIP ViT-B/32 image and text embeddings", model="clip_vitb32"),
-        Column("clip_similarity_vitl14", "float32", True, "cosine of CLIP ViT-L/14 image and text embeddings", model="clip_vitl14"),
-        Column("nsfw_score_opennsfw2", "float32", True, "P(nsfw) of Yahoo open_nsfw (opennsfw2), null unless configured", model="nsfw_opennsfw2"),
-        Column("nsfw_score_gantman", "float32", True, "P(hentai) + P(porn) + P(sexy) of GantMan MobileNetV2, null unless configured", model="nsfw_gantman"),
-        Column("watermark_score", "float32", True, "P(watermark) of LAION's watermark detector", model="watermark"),
-        Column("aesthetic_score_laion_v2", "float32", True, "LAION improved-aesthetic-predictor v2 on the ViT-L/14 embedding", model="aesthetic_laion_v2"),
+        Column("clip_similarity_vitb32", "float32", True, "cosine of CLIP ViT-B/32 image and text embeddings", model="clip_vitb32", histogram=True),
+        Column("clip_similarity_vitl14", "float32", True, "cosine of CLIP ViT-L/14 image and text embeddings", model="clip_vitl14", histogram=True),
+        Column("nsfw_score_opennsfw2", "float32", True, "P(nsfw) of Yahoo open_nsfw (opennsfw2), null unless configured", model="nsfw_opennsfw2", histogram=True),
+        Column("nsfw_score_gantman", "float32", True, "P(hentai) + P(porn) + P(sexy) of GantMan MobileNetV2, null unless configured", model="nsfw_gantman", histogram=True),
+        Column("watermark_score", "float32", True, "P(watermark) of LAION's watermark detector", model="watermark", histogram=True),
+        Column("aesthetic_score_laion_v2", "float32", True, "LAION improved-aesthetic-predictor v2 on the ViT-L/14 embedding", model="aesthetic_laion_v2", histogram=True),
         Column(UID, "string", False, "the candidate's uid, carried from extract"),
         Column("image_bytes", "binary", True, "the stored (resized) image"),
         *CONTENT_HASHES,

@@ -1,12 +1,16 @@
 """Writing selected rows: one parquet file or one webdataset tar, atomically (temp name, then rename).
 
-Engine-agnostic helpers of the select stage (its uid list and --materialize shards).
+Engine-agnostic helpers of the select stage (its uid list and --materialize shards). A webdataset folder
+also gets ``sizes.json`` (shard name -> samples), the file open_clip's training loader reads for the
+number of samples when ``--train-num-samples`` is not given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +24,8 @@ from curation.storage import StorageOptions
 from schemas import UID
 
 _IMAGE_EXTENSIONS = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"RIFF", "webp"))
+_PLAIN_KEY = re.compile(r"[0-9A-Za-z_-]+")
+SIZES = "sizes.json"
 
 
 @contextmanager
@@ -75,9 +81,17 @@ def image_extension(data: bytes) -> str:
     return "bin"
 
 
+def sample_key(uid: str) -> str:
+    """The webdataset key of a row: its uid when that is a plain word (the project's uids are md5 hex), else
+    the md5 hex of the uid. Readers split a member name into key and extension at the first dot of its last
+    path component, so a key holds no dot and no slash; the sample's json keeps the uid itself."""
+    return uid if _PLAIN_KEY.fullmatch(uid) else hashlib.md5(uid.encode("utf-8")).hexdigest()
+
+
 def webdataset_members(row: dict) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of one sample: ``uid.<image ext>``, ``uid.txt`` (caption), ``uid.json`` (other columns)."""
-    key = row[UID]
+    """(name, bytes) of one sample: ``KEY.<image ext>``, ``KEY.txt`` (caption), ``KEY.json`` (other columns),
+    KEY = :func:`sample_key` of the uid."""
+    key = sample_key(row[UID])
     image = row.get("image_bytes")
     if image:
         yield f"{key}.{image_extension(image)}", image
@@ -87,11 +101,24 @@ def webdataset_members(row: dict) -> Iterator[tuple[str, bytes]]:
     yield f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def write_webdataset(uri: str, table: pa.Table, options: StorageOptions | None) -> None:
-    """One webdataset tar for a shard; fixed mtime/owner so the same rows give the same bytes."""
+def write_webdataset(uri: str, table: pa.Table, options: StorageOptions | None) -> int:
+    """One webdataset tar for a shard; fixed mtime/owner so the same rows give the same bytes. Returns its
+    sample count."""
+    keys: set[str] = set()
     with _atomic_output(uri, options) as sink, tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for row in table.to_pylist():
+            key = sample_key(row[UID])
+            if key in keys:  # readers would merge the two rows into one sample
+                raise ValueError(f"{uri}: two rows share the webdataset key {key!r} (uid {row[UID]!r})")
+            keys.add(key)
             for name, data in webdataset_members(row):
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
+    return len(keys)
+
+
+def write_sizes(folder: str, sizes: dict[str, int], options: StorageOptions | None) -> None:
+    """``folder/sizes.json``: each tar's name -> its sample count (open_clip's layout)."""
+    with _atomic_output(storage.join(folder, SIZES), options) as sink:
+        sink.write(json.dumps(dict(sorted(sizes.items())), indent=1).encode())

@@ -34,22 +34,14 @@ from jobs.stages.preset_query import VIEW, DuckDBEngine, Selection, input_schema
 from curation.stage import REJECTED_DIR, STATS, StageDir
 from curation.storage import StorageOptions
 from filters.presets import Preset, load_presets
-from schemas import DETAIL, UID, Reason
+from schemas import ANNOTATED, DETAIL, UID, Reason
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "report.html"
 MANIFEST = "_manifest.json"
-HISTOGRAM_COLUMNS = (
-    "width",
-    "height",
-    "clip_similarity_vitb32",
-    "clip_similarity_vitl14",
-    "aesthetic_score_laion_v2",
-    "watermark_score",
-    "nsfw_score_opennsfw2",
-    "nsfw_score_gantman",
-)
+# the annotated columns whose distribution the report draws, in schema order (Column.histogram)
+HISTOGRAM_COLUMNS = tuple(c.name for c in ANNOTATED.columns if c.histogram)
 SAMPLE_COLUMNS = (UID, "text", "url", "image_bytes")
 BLOCKLISTED = (Reason.BLOCKLISTED_URL.value, Reason.BLOCKLISTED_IMAGE.value)  # counted per list, never sampled
 

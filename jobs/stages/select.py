@@ -5,7 +5,9 @@ SQL (``jobs/select.py``). Both run the same SQL, built by ``filters.presets.rend
 
     OUT/uids/part-*.parquet   the selected uids, sorted (parts in name order are in uid order)
     OUT/data/part-*.parquet   --materialize: the selected rows with their images, rows_per_shard each
-    OUT/wds/part-*.tar        --materialize --webdataset: the same shards as webdataset tars
+    OUT/wds/part-*.tar        --materialize --webdataset: the same shards as webdataset tars (keys free of dots)
+    OUT/wds/sizes.json        --materialize --webdataset: samples per tar (open_clip's layout)
+    OUT/README.md             --materialize: the dataset card (jobs/stages/card.py)
     OUT/_stats.json           preset, engine, rows_in, rows_out, rows passing each condition, thresholds
     OUT/_SUCCESS              written last
 
@@ -30,7 +32,8 @@ from curation.stage import DATA, STATS, SUCCESS, StageDir, read_parquet
 from curation.storage import StorageOptions
 from jobs.stages.config import Config
 from jobs.stages.preset_query import VIEW, DuckDBEngine, Engine, Selection, count, input_schema, keep_counts, register_parquet
-from curation.output.shards import even_shards, part_name, write_parquet, write_webdataset
+from curation.output.shards import even_shards, part_name, write_parquet, write_sizes, write_webdataset
+from jobs.stages.card import CARD, write_card
 from filters.presets import Preset, SqlFilter, get_preset, load_presets
 from schemas import UID
 
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 STAGE = "select"
 UIDS = "uids"
 WEBDATASET = "wds"
-OUTPUT_NAMES = (UIDS, DATA, WEBDATASET, STATS, SUCCESS)
+OUTPUT_NAMES = (UIDS, DATA, WEBDATASET, CARD, STATS, SUCCESS)
 
 
 class SelectError(CurationError, ValueError):
@@ -79,12 +82,16 @@ def materialize(
     schema = input_schema(files, options)
     sql = f'SELECT * FROM {VIEW} WHERE "{UID}" IN (SELECT "{UID}" FROM selected_uids) ORDER BY "{UID}"'
     shards = rows = 0
+    sizes: dict[str, int] = {}
     for index, table in enumerate(even_shards(engine.reader(sql), plan.rows_per_shard)):
         table = table.cast(schema)
         write_parquet(storage.join(out, DATA, part_name(index)), table.to_batches(), schema, options)
         if plan.webdataset:
-            write_webdataset(storage.join(out, WEBDATASET, part_name(index, "tar")), table, options)
+            tar = part_name(index, "tar")
+            sizes[tar] = write_webdataset(storage.join(out, WEBDATASET, tar), table, options)
         shards, rows = shards + 1, rows + table.num_rows
+    if plan.webdataset:
+        write_sizes(storage.join(out, WEBDATASET), sizes, options)
     log.info("select: materialized %d rows in %d shards under %s", rows, shards, out)
     return {"shards": shards, "rows": rows, "rows_per_shard": plan.rows_per_shard, "webdataset": plan.webdataset}
 
@@ -147,6 +154,7 @@ def run_select(
     stats = {"stage": STAGE, **wanted, **selection.to_dict(), "input_files": len(files), "uid_files": len(parts)}
     if plan is not None:
         stats["materialized"] = materialize(files, parts, out, plan, options)
+        write_card(out, stats, schema, options)
     stats["elapsed_seconds"] = round(time.time() - started, 3)
     text = json.dumps(stats, indent=2, sort_keys=True)
     storage.write_bytes_atomic(storage.join(out, STATS), text.encode(), options)

@@ -1,10 +1,11 @@
 """``curation models fetch DIR``: the real public checkpoints of the annotate stage, one command away.
 
-Each file comes from its canonical public location (:data:`SOURCES`; a mirror, an internal bucket or an
-``s3://`` URI can stand in for any of them) over plain HTTPS through the project's SSRF-guarded opener
+Each file comes from its canonical public location (:data:`SOURCES`, the checkpoints of the scorer
+table models.registry.SCORERS; a mirror, an internal bucket or an ``s3://`` URI can stand in for any of
+them) over plain HTTPS through the project's SSRF-guarded opener
 (curation.fetch.ssrf: every hop of every redirect is checked), with no hub client. A download goes to
 ``DIR/.NAME.part``; a rerun resumes it with an HTTP Range request; the finished file is verified (size,
-sha256) and only then renamed to its final name. The expected sha256 is pinned here where the publisher
+sha256) and only then renamed to its final name. The expected sha256 is pinned in the table where the publisher
 states it; otherwise the first fetch records size and sha256 in ``DIR/FETCHED.json`` and every later
 fetch or check verifies against that record. Finally ``DIR/MODELS.toml`` is written (atomically) for
 every model whose file is present and verified, so ``curation annotate --models DIR/MODELS.toml`` works
@@ -35,6 +36,7 @@ from curation import storage
 from curation.errors import CurationError
 from curation.fetch.ssrf import AddressGuard, build_opener
 from curation.storage import StorageOptions
+from models.registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +58,12 @@ class Source:
     size: int | None = None
 
 
+# every scorer table row with a public checkpoint (models.registry.SCORERS), in table order
 SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in (
-        Source(
-            "clip_vitb32", "clip-vit-b-32-openai.safetensors",
-            "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors",
-            ("clip_similarity_vitb32",), "MIT (OpenAI CLIP)", (("arch", "ViT-B-32"), ("quick_gelu", True)),
-        ),
-        Source(
-            "clip_vitl14", "clip-vit-l-14-openai.safetensors",
-            "https://huggingface.co/timm/vit_large_patch14_clip_224.openai/resolve/main/open_clip_model.safetensors",
-            ("clip_similarity_vitl14",), "MIT (OpenAI CLIP)", (("arch", "ViT-L-14"), ("quick_gelu", True)),
-        ),
-        Source(
-            "aesthetic_laion_v2", "sac+logos+ava1-l14-linearMSE.pth",
-            "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth",
-            ("aesthetic_score_laion_v2",), "Apache-2.0 (improved-aesthetic-predictor)",
-        ),
-        Source(
-            "watermark", "watermark_model_v1.pt",
-            "https://github.com/LAION-AI/LAION-5B-WatermarkDetection/raw/main/models/watermark_model_v1.pt",
-            ("watermark_score",), "MIT (LAION-5B-WatermarkDetection)", (("arch", "efficientnet_b3a"),),
-        ),
-    )
-}  # fmt: skip
+    e.name: Source(e.name, c.filename, c.url, REGISTRY.columns[e.name], c.licence, c.section, c.sha256, c.size)
+    for e in REGISTRY.entries.values()
+    if (c := e.checkpoint) is not None
+}
 
 
 class FetchModelsError(CurationError, RuntimeError):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models.base import ImageTextBatch, ModelError
-from models.config import ClipSpec, HeadSpec, WatermarkSpec
-from models.heads import AestheticScorer, WatermarkScorer
+from models.clip import ClipSpec
+from models.heads import AestheticScorer, HeadSpec, WatermarkScorer, WatermarkSpec
 from models.images import decode_rgb, image_views, stack_views
 from models.registry import L14_EMBEDDING
 from models.runner import AnnotationRunner, RunOptions

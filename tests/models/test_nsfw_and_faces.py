@@ -9,10 +9,9 @@ import pytest
 from PIL import Image
 
 from models.base import ImageTextBatch, MissingWeightsError
-from models.config import FacesSpec, NudenetSpec, OnnxSpec
-from models.faces import HaarFaceCounter
+from models.faces import FacesSpec, HaarFaceCounter
 from models.images import decode_rgb, image_views, stack_views
-from models.nsfw import NudenetScorer, OnnxNsfwScorer
+from models.nsfw import NudenetScorer, NudenetSpec, OnnxNsfwScorer, OnnxSpec
 from tests.conftest import shared
 
 

@@ -147,10 +147,9 @@ def test_watermark_score_equals_laion_watermark_detections_inference(tiny_models
 def test_nudenet_score_and_detections_equal_nudedetector_detect(photos, tmp_path):
     from nudenet import NudeDetector
 
-    from models.config import NudenetSpec
     from models.images import decode_rgb, image_views, stack_views
     from models.base import ImageTextBatch
-    from models.nsfw import NUDENET_EXPLICIT, NudenetScorer
+    from models.nsfw import NUDENET_EXPLICIT, NudenetScorer, NudenetSpec
 
     detector = NudeDetector()
     expected_found, expected_score = [], []
@@ -176,8 +175,7 @@ def test_nudenet_score_and_detections_equal_nudedetector_detect(photos, tmp_path
 
 def test_nudenet_column_of_the_runner_equals_the_scorers_own(tiny_models, photos, scored):
     """The runner hands the decoded sizes to the scorer (nudenet clips its boxes to them)."""
-    from models.config import NudenetSpec
-    from models.nsfw import NudenetScorer
+    from models.nsfw import NudenetScorer, NudenetSpec
 
     scorer = NudenetScorer("nsfw_nudenet", NudenetSpec())
     scorer.load("cpu")
@@ -220,9 +218,8 @@ def test_opennsfw2_input_equals_opennsfw2s_preprocess_image_where_installed(phot
     """opennsfw2 is not a dependency (it is in the convert-nsfw extra): checked where it is installed.
     By hand with opennsfw2 0.19.0's _image.py: identical arrays on the shared photos."""
     image_module = pytest.importorskip("opennsfw2._image")
-    from models.config import OnnxSpec
     from models.images import decode_rgb, image_views
-    from models.nsfw import OnnxNsfwScorer
+    from models.nsfw import OnnxNsfwScorer, OnnxSpec
 
     scorer = OnnxNsfwScorer("nsfw_opennsfw2", "opennsfw2", OnnxSpec("unused.onnx"))
     scorer.nhwc = True

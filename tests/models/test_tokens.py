@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from models.config import TokensSpec
 from models.tokens import (
     GPT2_EOT,
+    TokensSpec,
     bert_tokenizer,
     bert_uncased_vocab,
     count_tokens,
