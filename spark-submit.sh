@@ -9,7 +9,7 @@
 #   PYSPARK_PYTHON     the Python of driver and executors (default: the python3 on PATH, so activate
 #                      the project's virtualenv first: . .venv/bin/activate)
 set -euo pipefail
-STAGES="extract filter-text download dedup hash-index annotate semdedup select pipeline"
+STAGES="extract filter-text download dedup hash-index annotate semdedup balance select pipeline"
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
   sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   echo "stages: $STAGES"

@@ -4,8 +4,8 @@ and the per-row draw that keeps each entry's rows with probability min(1, t / co
 Matching follows MetaCLIP's ``substr_matching``: the caption is wrapped in spaces, each of ``, . ; : ? ! ```
 gets a space on both sides, tab, newline and carriage return become spaces; an entry matches when
 ``" " + entry + " "`` is a substring of that spaced caption. Case is kept (``Dog`` does not match ``dog``),
-nothing else is normalised, and an entry holding one of the spaced characters can never match (the spacing
-splits it in the caption, not in the entry). One Aho-Corasick automaton (pyahocorasick) finds every entry of
+nothing else is normalised, and an entry holding one of the spaced marks without spaces around it (``U.S.``)
+can never match (the spacing splits it in the caption, not in the entry). One Aho-Corasick automaton (pyahocorasick) finds every entry of
 a caption, overlapping ones included, in one pass over it; each entry counts once per caption.
 
 The draw for a (row, entry) pair is a fixed function of (seed, uid, entry), so which rows are kept depends
@@ -45,8 +45,12 @@ def spaced_entry(entry: str) -> str:
 
 
 def can_match(entry: str) -> bool:
-    """False for an entry the spacing makes unmatchable (it holds a spaced character)."""
-    return not any(c in entry for c in SPACED_PUNCTUATION + SPACE_CHARS)
+    """False for an entry no caption can match: it holds a tab or line break, or one of the spaced
+    punctuation marks without a space on both sides (in a spaced caption every one has them)."""
+    if any(c in entry for c in SPACE_CHARS):
+        return False
+    spaced = spaced_entry(entry)
+    return all(spaced[i - 1] == " " == spaced[i + 1] for i, c in enumerate(spaced) if c in SPACED_PUNCTUATION)
 
 
 def parse_entries(data: bytes) -> tuple[str, ...]:

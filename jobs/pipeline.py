@@ -1,9 +1,8 @@
 """`curation pipeline`: every stage in order, each into RUN_ROOT/<stage>/, with a run manifest.
 
-Every job has the same ``run(spark, inputs, output, config, overwrite, redo_stale)`` shape and its
-``SPEC`` names the stage it reads, so the pipeline is a loop. A stage whose input changed since it was
-built (e.g. download recovered transient failures on a rerun) is redone (``[pipeline] redo_stale``),
-and before the manifest is written every stage must have consumed exactly what the one before it kept.
+Every job has the same ``run(spark, inputs, output, config, overwrite, redo_stale)`` shape and its ``SPEC``
+names the stage it reads, so the pipeline is a loop. A stage whose input changed since it was built is
+redone (``[pipeline] redo_stale``); every stage must consume exactly what the one before it kept.
 """
 
 from __future__ import annotations
@@ -33,9 +32,10 @@ STAGES = {
     "dedup": "jobs.dedup.job",
     "annotate": "jobs.annotate",
     "semdedup": "jobs.semdedup",
+    "balance": "jobs.balance",  # runs where [balance] after places it (see run_order)
 }
 # run only when [pipeline] stages names them; the default (empty) list is every other stage
-OPTIONAL_STAGES = ("semdedup",)
+OPTIONAL_STAGES = ("semdedup", "balance")
 DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 
 
@@ -44,9 +44,22 @@ def folder_of(stage_name: str) -> str:
     return stage_name.replace("_", "-")
 
 
-def check_chain(results: dict[str, dict]) -> None:
+def run_order(wanted: list[str], after: str) -> list[tuple[str, str | None]]:
+    """(stage, the folder it reads; None: the run's inputs) in run order. balance reads ``after``'s folder
+    (annotate: the last one, semdedup's when it runs); the stage that would read that folder reads balance's."""
+    anchor = "semdedup" if after == "annotate" and "semdedup" in wanted else after
+    order, plan = [s for s in STAGES if s != "balance"], []
+    order.insert(order.index(anchor) + 1, "balance")
+    for name in (s for s in order if s in wanted):
+        upstream = anchor if name == "balance" else importlib.import_module(STAGES[name]).SPEC.upstream
+        reads = None if upstream is None else folder_of(upstream)
+        plan.append((name, "balance" if "balance" in wanted and reads == anchor and name != "balance" else reads))
+    return plan
+
+
+def check_chain(results: dict[str, dict], order: list[str] | None = None) -> None:
     """rows_in(next) == rows_out(previous) for consecutive stages of this run."""
-    names = [n for n in STAGES if n in results]
+    names = [n for n in (order or STAGES) if n in results]
     for prev, nxt in zip(names, names[1:]):
         if results[nxt]["rows_in"] != results[prev]["rows_out"]:
             raise StaleStageError(
@@ -104,12 +117,10 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
             if not StageDir(storage.join(root, "download"), "download", opts).is_complete():
                 _draw_sample_images(cache, image_names)
             scope.enter_context(ImageServer(sample_routes(image_names, cache_dir=cache), cfg.pipeline.sample_image_port))
-        for name, module in STAGES.items():
-            if name not in wanted:
-                continue
-            job = importlib.import_module(module)
-            upstream = job.SPEC.upstream
-            stage_inputs = inputs if upstream is None else [storage.join(root, folder_of(upstream))]
+        plan = run_order(wanted, cfg.balance.after)
+        for name, reads in plan:
+            job = importlib.import_module(STAGES[name])
+            stage_inputs = inputs if reads is None else [storage.join(root, reads)]
             log.info("pipeline: stage %s", name)
             if observer is not None:
                 observer.start(name)
@@ -117,7 +128,7 @@ def run(spark: SparkSession, cfg: Config, overwrite: bool = False, observer=None
                                     redo_stale=cfg.pipeline.redo_stale)
             if observer is not None:
                 observer.end(name, results[name])
-    check_chain(results)
+    check_chain(results, [name for name, _ in plan])
     manifest = {
         "version": __version__,
         "python": platform.python_version(),

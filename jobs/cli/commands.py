@@ -194,6 +194,24 @@ def semdedup(
     print_stats(stats)
 
 
+@app.command()
+@stage_options
+def balance(
+    input: Annotated[list[str], typer.Option("--input", "-i", help="a filter-text, dedup, annotate or semdedup stage folder; local or s3://.")],
+    output: OutputOpt,
+    metadata: Annotated[Optional[str], typer.Option("--metadata", help="The entry list: MetaCLIP's metadata.json (a JSON list of strings) or one entry per line; local or s3://.")] = None,
+    t: Annotated[Optional[int], typer.Option("--t", help="Rows each entry keeps on average: an entry matched n times keeps each of its rows with probability min(1, t / n) (default 20000).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the per-(row, entry) draw (default 0).")] = None,
+    *, config, master, s3_endpoint, overwrite, verbose,
+) -> None:
+    """MetaCLIP metadata balancing: keep each entry's rows at about t, drop captions that match no entry."""
+    from jobs import balance as job
+
+    overrides = cli_overrides(master, s3_endpoint, balance={"metadata": metadata, "t": t, "seed": seed})
+    _, stats = run_job("balance", config, overrides, verbose, lambda spark, cfg: job.run(spark, input, output, cfg, overwrite))
+    print_stats(stats)
+
+
 app.add_typer(models_app, name="models")
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from curation.errors import ConfigError, InputError
+from curation.lifecycle import input_files
 from curation.stage import SHARDS, SUCCESS, StageDir, rejected_table
 from jobs import balance as job
 from jobs.stages.balance import balance_table
@@ -161,3 +162,12 @@ def test_a_balance_output_is_read_as_the_stage_it_balanced(spark, entries_file, 
     stats = job.run(spark, [str(balanced[0])], str(tmp_path / "second"), _config(entries_file))
     assert stats["input_stage"] == "filter_text"
     assert stats["rows_in"] == balanced[1]["rows_out"]
+
+
+def test_the_stage_after_balance_reads_its_output_as_the_stage_balance_read(balanced):
+    from jobs import download
+    from jobs.dedup import job as dedup
+
+    assert input_files(download.SPEC, [str(balanced[0])]) == StageDir(str(balanced[0]), "balance").files()
+    with pytest.raises(InputError, match="output of stage filter_text"):
+        input_files(dedup.SPEC, [str(balanced[0])])

@@ -78,7 +78,7 @@ CASES = [
                                                  {"PATH": "/usr/bin:/bin", "PYSPARK_PYTHON": ""}),
      r"cannot import pyspark: activate the project's virtualenv"),
     ("spark-submit-unknown-stage", lambda t: ([str(REPO / "spark-submit.sh"), "nosuchstage"], {}),
-     r"no stage 'nosuchstage'; stages: extract filter-text download dedup hash-index annotate semdedup select pipeline$"),
+     r"no stage 'nosuchstage'; stages: extract filter-text download dedup hash-index annotate semdedup balance select pipeline$"),
 ]
 
 
