@@ -130,21 +130,12 @@ def _stands_for(folder: StageDir, made_by: str | None) -> str | None:
     return folder.stats().get("input_stage") or made_by
 
 
-def _stands_for(folder: StageDir, made_by: str | None) -> str | None:
-    """The stage whose table ``folder`` holds: a stage that writes its input's own table (balance) records
-    the stage it read as ``input_stage``, and stands for it."""
-    if made_by is None:
-        return None
-    return folder.stats().get("input_stage") or made_by
-
-
 def _check_upstream(spec: StageSpec, folder: StageDir) -> None:
     if not folder.is_complete():
         raise InputNotReadyError(
             f"input {folder.uri} has no _SUCCESS: the stage that writes it has not finished (run it first)"
         )
     made_by = folder.stats().get("stage") if storage.exists(folder.path(STATS), folder.storage) else None
-    made_by = _stands_for(folder, made_by)
     made_by = _stands_for(folder, made_by)
     if upstreams(spec) and made_by and made_by not in upstreams(spec):
         raise InputError(f"input {folder.uri} is the output of stage {made_by}; {_reads(spec)}")
