@@ -50,7 +50,7 @@ class SafetyList:
 
     name: str  # named in rejection details and the report
     path: str  # local path or s3:// URI of the list file
-    kind: str  # one of KINDS
+    kind: str  # url_md5, url_sha256 (of the URL), image_md5, image_sha1, image_sha256 (of the bytes) or pdq
     distance: int = PDQ_DISTANCE  # pdq: largest Hamming distance that matches (of 256 bits)
 
     def __post_init__(self) -> None:
