@@ -1,6 +1,7 @@
 """`report`: one self-contained HTML page about a run (RUN_ROOT with one folder per stage).
 
-It shows the funnel (rows per stage and per rejection reason, straight from each ``_stats.json``), histograms
+It shows the funnel (rows per stage and per rejection reason, straight from each ``_stats.json``), a balance
+stage's entries by rows per entry before and after balancing (log axes, from its ``_stats.json``), histograms
 of the annotated scores (matplotlib, embedded PNG), what each preset keeps, and sample thumbnails per preset
 and per rejection reason. Queries run in DuckDB over the stage parquet files; the page has no scripts and
 loads nothing: images are data URIs, and every caption, URL and detail is escaped by the template.
@@ -76,6 +77,18 @@ class Histogram:
 
 
 @dataclass(frozen=True)
+class EntryFrequency:
+    """A balance stage's entries by rows per entry, before and after balancing, on power-of-two bins."""
+
+    stage: str
+    t: int
+    edges: np.ndarray  # rows per entry: bin k holds the entries with edges[k] <= rows < edges[k + 1]
+    before: np.ndarray  # entries per bin
+    after: np.ndarray
+    png: str
+
+
+@dataclass(frozen=True)
 class PresetSummary:
     name: str
     description: str
@@ -101,6 +114,7 @@ class Report:
     funnel_png: str | None = None
     annotated_stage: str | None = None
     histograms: list[Histogram] = field(default_factory=list)
+    entry_frequency: list[EntryFrequency] = field(default_factory=list)  # one per balance stage
     presets: list[PresetSummary] = field(default_factory=list)
     rejections: list[RejectionSummary] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -182,6 +196,21 @@ def histogram_chart(column: str, edges: np.ndarray, counts: np.ndarray) -> str:
     ax.set_title(column, fontsize=10)
     ax.set_ylabel("rows")
     return _png(fig)
+
+
+def entry_frequency_figure(stage: str, t: int, edges: np.ndarray, before: np.ndarray, after: np.ndarray) -> Figure:
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.stairs(before, edges, baseline=None, color="#c44e52", linewidth=1.6, label="before balancing")
+    ax.stairs(after, edges, baseline=None, color="#4c72b0", linewidth=1.6, label="after balancing")
+    ax.axvline(t, color="#777", linestyle="--", linewidth=1, label=f"t = {t:,}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("rows per entry")
+    ax.set_ylabel("entries")
+    ax.set_title(f"{stage}: entry frequency", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
 
 
 def thumbnail(data: bytes | None, px: int) -> str | None:
@@ -344,6 +373,7 @@ def collect(run_root: str, cfg: Config, presets: dict[str, Preset] | None = None
     report.safety = safety_counts([d for d, s in zip(dirs, stages) if set(BLOCKLISTED) & set(s.rejected)], cfg)
     for stage in dirs:
         report.histograms += stage_histograms(stage)
+        report.entry_frequency += entry_frequency(stage)
     annotated = _annotated(dirs)
     if annotated is None:
         report.notes.append("no stage holds annotated rows yet: score histograms and presets need the annotate stage")
@@ -369,6 +399,29 @@ def stage_histograms(stage: StageDir) -> list[Histogram]:
     title = f"{stage.stage}: nearest-neighbour cosine"
     edges, counts = np.array(hist["edges"]), np.array(hist["counts"])
     return [Histogram(title, edges, counts, histogram_chart(title, edges, counts))]
+
+
+def entry_frequency_bins(rows_per_entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, entries before, entries after) from a balance stage's ``rows_per_entry`` histograms (each a
+    list of ``{"min", "max", "entries"}`` bins), on the bins of either."""
+    bins = {b["min"]: b["max"] + 1 for key in ("before", "after") for b in rows_per_entry[key]["histogram"]}
+    lows = sorted(bins)
+    edges = np.array([*lows, bins[lows[-1]]] if lows else [], np.int64)
+    counted = [{b["min"]: b["entries"] for b in rows_per_entry[key]["histogram"]} for key in ("before", "after")]
+    before, after = (np.array([c.get(low, 0) for low in lows], np.int64) for c in counted)
+    return edges, before, after
+
+
+def entry_frequency(stage: StageDir) -> list[EntryFrequency]:
+    """The entry-frequency chart of a finished balance stage (none for another stage or no matched entry)."""
+    balance = (stage.stats() if stage.is_complete() else {}).get("balance") or {}
+    if "rows_per_entry" not in balance:
+        return []
+    edges, before, after = entry_frequency_bins(balance["rows_per_entry"])
+    if not before.any():
+        return []
+    fig = entry_frequency_figure(stage.stage, balance["t"], edges, before, after)
+    return [EntryFrequency(stage.stage, balance["t"], edges, before, after, _png(fig))]
 
 
 RANDOM_MARK = "RANDOM-WEIGHT"
