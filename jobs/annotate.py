@@ -1,7 +1,8 @@
 """Spark job of the annotate stage: unique -> annotated. Thin: it distributes jobs.stages.annotate.
 
 One task per input chunk (mapInArrow over a DataFrame of chunks); each executor Python worker loads the
-models once (models.runner.get_runner) and keeps them for every later task it runs. After the shards,
+models once per device (models.runner.get_runner) and keeps them for every later task it runs. A task
+given GPUs by Spark's resource scheduling runs its models on the first it was assigned. After the shards,
 one pass over the written (id, uid) pairs checks ids for collisions and resolves them.
 """
 
@@ -60,9 +61,19 @@ def resolve_models(config: Config) -> ModelsConfig:
     return models
 
 
+def task_gpus() -> tuple[str, ...]:
+    """The GPU addresses Spark assigned the running task (spark.task.resource.gpu.amount); () without."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    gpu = context.resources().get("gpu") if context is not None else None
+    return tuple(gpu.addresses) if gpu is not None else ()
+
+
 def _annotate_partition(batches, stage: StageDir, models: ModelsConfig, run: RunOptions, id_bits: int, embeddings: str | None):
+    gpus = task_gpus()
     for batch in batches:
-        yield shard_stats_batch([annotate_task(stage, Chunk(**r), models, run, id_bits, embeddings) for r in batch.to_pylist()])
+        yield shard_stats_batch([annotate_task(stage, Chunk(**r), models, run, id_bits, embeddings, gpus) for r in batch.to_pylist()])
 
 
 def _ids_partition(batches, options):

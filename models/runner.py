@@ -4,14 +4,19 @@ Decoding and resizing run in a thread pool (Pillow and OpenCV release the GIL) o
 models, so on a GPU the next batch is being decoded while the current one is scored; on CUDA, JPEGs
 are decoded and resized on the GPU itself, on a stream of their own (models.gpu_decode). Each image is
 decoded once and each distinct view is made once per image, whatever the number of scorers using it.
-Models are loaded once per Python process: ``get_runner`` caches the runner, so a Spark executor's
-reused Python worker loads them for its first task only.
+Models are loaded once per Python process and device: ``get_runner`` caches the runner, so a Spark
+executor's reused Python worker loads them once for each GPU its tasks are given. ``place`` turns the GPU
+addresses Spark assigned a task into the device its models run on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -51,6 +56,51 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
     return device
+
+
+def cuda_ordinal(address: str, visible: str | None = None) -> int:
+    """The torch ordinal of the GPU Spark calls ``address``. Discovery scripts report the indexes
+    nvidia-smi shows; where CUDA_VISIBLE_DEVICES narrows the process's GPUs (``visible``), torch numbers
+    them 0.. in that list's order, so an address found there maps to its position."""
+    names = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    if address in names:
+        return names.index(address)
+    try:
+        return int(address)
+    except ValueError:
+        raise ModelError(f"Spark assigned GPU {address!r}, which is neither an index nor in CUDA_VISIBLE_DEVICES={visible!r}") from None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one task's models run: the device, the GPU addresses Spark assigned the task, and a note
+    whenever the device is not the assigned GPU (empty otherwise)."""
+
+    device: str
+    assigned: tuple[str, ...] = ()
+    note: str = ""
+
+
+def place(requested: str, addresses: Sequence[str] = (), cuda: bool | None = None, visible: str | None = None) -> Placement:
+    """The device for a task given ``requested`` ([annotate] device) and the GPU addresses Spark assigned
+    it. Without addresses: ``resolve_device(requested)``. With them, ``auto`` and ``cuda`` run on the
+    first assigned GPU, and on the CPU (saying so) where torch sees no CUDA; ``cpu`` and an explicit
+    ``cuda:N`` are kept. ``cuda``/``visible``: torch's view and CUDA_VISIBLE_DEVICES (default: this process's)."""
+    assigned = tuple(str(a) for a in addresses)
+    if not assigned:
+        return Placement(resolve_device(requested))
+    gpus = "GPU " + ", ".join(assigned) if len(assigned) == 1 else "GPUs " + ", ".join(assigned)
+    if requested == "cpu" or requested.startswith("cuda:"):
+        return Placement(resolve_device(requested), assigned, f"device = {requested} set: Spark's {gpus} not used")
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        return Placement("cpu", assigned, f"Spark assigned {gpus} but torch sees no CUDA GPU: scored on the CPU")
+    ordinal = cuda_ordinal(assigned[0], os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible)
+    note = f"Spark assigned {gpus}: models on the first" if len(assigned) > 1 else ""
+    return Placement(f"cuda:{ordinal}", assigned, note)
 
 
 @dataclass
@@ -100,7 +150,8 @@ class AnnotationRunner:
             torch.set_num_threads(self.options.cpu_threads)
         for s in self.scorers:
             started = time.perf_counter()
-            s.load(self.device)
+            with self._on_device():
+                s.load(self.device)
             log.info("loaded %s on %s in %.1fs: %s", s.name, self.device, time.perf_counter() - started, s.describe())
         # views are known after load (a CLIP config decides its input size)
         self.views = tuple(dict.fromkeys(v for s in self.scorers for v in s.views))
@@ -109,6 +160,14 @@ class AnnotationRunner:
         self._decode_stream = torch.cuda.Stream(device=self.device) if self.decodes_on_gpu else None
         self.loaded = True
         return self
+
+    def _on_device(self):
+        """torch's current CUDA device set to the runner's (cuda:N) for this thread; a no-op on the CPU."""
+        if not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.device(self.device)
 
     def _decode(self, data: bytes | None) -> tuple[dict, tuple[int, int]] | str:
         try:
@@ -188,7 +247,8 @@ class AnnotationRunner:
                 views=self._stack([prepared[i][0] for i in ok_rows]),
                 sizes=[prepared[i][1] for i in ok_rows],
             )
-            parts.append(self.score_batch(batch, seconds))
+            with self._on_device():
+                parts.append(self.score_batch(batch, seconds))
             kept.append(_features(batch, features))
         columns = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(0) for c in self.columns}
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -214,7 +274,9 @@ _RUNNERS: dict[tuple, AnnotationRunner] = {}
 
 
 def get_runner(cfg: ModelsConfig, options: RunOptions, storage: StorageOptions | None = None) -> AnnotationRunner:
-    """One loaded runner per (models, options) per Python process."""
+    """One loaded runner per (models, options, device) per Python process: ``auto`` is resolved first,
+    so ``auto`` and the device it stands for share one runner."""
+    options = dataclasses.replace(options, device=resolve_device(options.device))
     key = (cfg, options, storage)
     runner = _RUNNERS.get(key)
     if runner is None:

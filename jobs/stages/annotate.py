@@ -19,7 +19,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ from curation.stage import DATA, REJECTED_DIR, ShardStats, StageDir, read_parque
 from curation.storage import StorageOptions
 from models.config import ModelsConfig
 from models.registry import SCORE_COLUMNS
-from models.runner import RunOptions, Scored, get_runner
+from models.runner import RunOptions, Scored, get_runner, place
 from schemas import ANNOTATED, DETAIL, REASON, UID, Reason
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,19 @@ def annotate_task(
     run: RunOptions,
     id_bits: int = ID_BITS,
     embeddings: str | None = None,
+    gpus: tuple[str, ...] = (),
 ) -> ShardStats:
     """Annotate one chunk into its shard (skipped when its marker exists). ``embeddings``: the CLIP
-    section whose image/text embeddings are written (curation/output/embeddings.py), before the marker."""
+    section whose image/text embeddings are written (curation/output/embeddings.py), before the marker.
+    ``gpus``: the GPU addresses the engine assigned this task (Spark's task resources); the models run
+    on the first (models.runner.place), and the marker records the device and the addresses."""
     if stage.has_shard(chunk.shard):
         return ShardStats(chunk.shard, 0, 0, extra={"skipped": True})
-    runner = get_runner(models, run, stage.storage)
+    began = time.time()
+    placement = place(run.device, gpus)
+    if placement.note:
+        log.warning("annotate %s: %s", chunk.shard, placement.note)
+    runner = get_runner(models, replace(run, device=placement.device), stage.storage)
     table = read_chunk(chunk, stage.storage)
     started = time.perf_counter()
     keys = (f"{embeddings}.image_embedding", f"{embeddings}.text_embedding") if embeddings else ()
@@ -186,6 +193,9 @@ def annotate_task(
         "file": chunk.uri,
         "rows": [chunk.start, chunk.stop],
         "device": runner.device,
+        "gpu_assigned": list(placement.assigned),
+        "device_note": placement.note,
+        "task_window": [round(began, 3), round(time.time(), 3)],  # wall clock: which tasks ran at once
         "nulls": null_counts(kept),
         "seconds": round(elapsed, 3),
         "scorer_seconds": {k: round(v, 3) for k, v in scored.seconds.items()},
@@ -239,18 +249,33 @@ def collision_groups(rows: Iterable[dict]) -> dict[int, list[str]]:
 
 # --- stats ------------------------------------------------------------------------------------
 def stats_extra(stage: StageDir, columns: dict[str, str], run: RunOptions) -> dict:
+    """The stage's _stats.json additions, counted from the shard markers: null counts, scorer seconds,
+    and where the shards were scored: shards per device, per Spark-assigned GPU address, and how many
+    were given a GPU but scored on the CPU (with the markers' notes saying why)."""
     nulls: Counter = Counter()
     seconds: Counter = Counter()
-    devices = set()
+    devices: Counter = Counter()
+    addresses: Counter = Counter()
+    notes: set[str] = set()
+    fallback = 0
     for s in stage.completed_shards().values():
         nulls.update(s.extra.get("nulls", {}))
         seconds.update(s.extra.get("scorer_seconds", {}))
-        if s.extra.get("device"):
-            devices.add(s.extra["device"])
+        device, assigned = s.extra.get("device"), s.extra.get("gpu_assigned", [])
+        if device:
+            devices[device] += 1
+        addresses.update(assigned)
+        fallback += bool(assigned) and device == "cpu"
+        if s.extra.get("device_note"):
+            notes.add(s.extra["device_note"])
     return {
         "columns": columns,
         "null_counts": dict(sorted(nulls.items())),
         "devices": sorted(devices),
+        "shards_by_device": dict(sorted(devices.items())),
+        "shards_by_gpu_address": dict(sorted(addresses.items())),
+        "gpu_shards_scored_on_cpu": fallback,
+        "device_notes": sorted(notes),
         "scorer_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
         "run_options": {"device": run.device, "batch_size": run.batch_size, "decode_workers": run.decode_workers, "cpu_threads": run.cpu_threads},
     }
