@@ -7,93 +7,36 @@ shared stops at planning. The processes are stopped by their own pids."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pyspark
 import pytest
 
 from jobs.stages.config import load_config
-from jobs import pipeline
+from curation.stage import REJECTED_DIR, StageDir
+from jobs import balance, pipeline
 from tests.conftest import REPO
+from tests.jobs.test_balance_job import HEAD, TAIL, captions, write_filter_text_output
+from tests.jobs.standalone import cluster_env as _env
+from tests.jobs.standalone import free_port as _free_port
+from tests.jobs.standalone import standalone_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark, pytest.mark.timeout(2400)]  # two whole pipelines
 
-SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 COMPARED = ["uid", "id", "url", "text", "width", "height", "image_phash", "num_faces", "word_count", "num_tokens_bert",
             "clip_similarity_vitb32", "clip_similarity_vitl14", "aesthetic_score_laion_v2", "watermark_score",
             "nsfw_score_nudenet"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARK_")}
-    env.update(SPARK_LOCAL_IP="127.0.0.1", SPARK_LOG_DIR="", PYSPARK_PYTHON=sys.executable,
-               PYSPARK_DRIVER_PYTHON=sys.executable, NO_ALBUMENTATIONS_UPDATE="1")
-    return env
-
-
-def _workers_alive(ui_port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
-            return sum(w.get("state") == "ALIVE" for w in json.load(r).get("workers", []))
-    except OSError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """spark://127.0.0.1:PORT with two 1-core workers; yields the master URL."""
+    """spark://127.0.0.1:PORT with two 1-core workers; yields the master URL and the cluster's folder."""
     base = tmp_path_factory.mktemp("cluster")
-    port, ui = _free_port(), _free_port()
-    logs, procs = [], []
-
-    def start(name: str, *args: str) -> None:
-        log = open(base / f"{name}.log", "wb")
-        logs.append(log)
-        procs.append(subprocess.Popen([str(SPARK_CLASS), *args], env=_env(), cwd=base, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
-
-    start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-          "--webui-port", str(ui))
-    master = f"spark://127.0.0.1:{port}"
-    for i in range(2):
-        (base / f"work{i}").mkdir()
-        start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1", "--cores", "1",
-              "--memory", "1536m", "--webui-port", str(_free_port()), "--work-dir", str(base / f"work{i}"))
-    deadline = time.monotonic() + 180
-    while _workers_alive(ui) < 2:
-        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-            text = "\n".join((base / f"{n}.log").read_text(errors="replace")[-2000:] for n in ("master", "worker0", "worker1"))
-            pytest.fail(f"standalone cluster did not start:\n{text}")
-        time.sleep(1)
-    yield master, base
-    for p in procs:  # by their own pids (each leads its own session: the JVM and what it started)
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    for log in logs:
-        log.close()
+    with standalone_cluster(base, workers=2, cores=1) as master:
+        yield master, base
 
 
 def _write_config(folder: Path, port: int, shared: bool) -> Path:
@@ -167,3 +110,32 @@ def test_local_paths_under_a_cluster_master_must_be_declared_shared(cluster, tmp
     assert re.search(r"is a local path but the Spark master is 'spark://127\.0\.0\.1:\d+'", errors[0])
     assert "shared_local_paths" in errors[0] and "s3://" in errors[0]
     assert not (tmp_path / "runs").exists()  # stopped at planning: nothing written
+
+
+def _balanced(folder: Path) -> tuple[list[dict], set[tuple]]:
+    stage = StageDir(str(folder), "balance")
+    kept = sorted(stage.read().to_pylist(), key=lambda r: r["uid"])
+    return kept, {(r["uid"], r["reason"], r["detail"]) for r in stage.read(REJECTED_DIR).to_pylist()}
+
+
+def test_balance_on_a_standalone_cluster_keeps_the_rows_of_a_local_run(cluster, spark, tmp_path):
+    """Input, output and entry list given as relative paths: the driver reads the list and broadcasts it, so
+    the executors (each in a work folder of its own, where those paths lead nowhere) never open it."""
+    cluster, _ = cluster
+    work = tmp_path / "cwd"
+    write_filter_text_output(work / "runs" / "filter-text", captions(1200, seed=11), files=4)
+    (work / "metadata.json").write_text(json.dumps(HEAD + TAIL + ["never seen"]), encoding="utf-8")
+    config = work / "balance.toml"
+    config.write_text("[storage]\nshared_local_paths = true\n")
+    done = _cli(["balance", "--input", "runs/filter-text", "--output", "runs/balance", "--metadata", "metadata.json",
+                 "--t", "40", "--config", str(config), "--master", cluster], cwd=work)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    cfg = load_config(str(config), {"balance": {"metadata": str(work / "metadata.json"), "t": 40}})
+    local = balance.run(spark, [str(work / "runs" / "filter-text")], str(tmp_path / "local"), cfg)
+    on_cluster = json.loads((work / "runs" / "balance" / "_stats.json").read_text())
+    assert on_cluster["config"]["spark"]["master"] == cluster
+    assert (on_cluster["rows_in"], on_cluster["rows_out"], on_cluster["rejected"]) == (
+        local["rows_in"], local["rows_out"], local["rejected"])
+    assert on_cluster["balance"] == local["balance"] and on_cluster["rejected"]["balanced_out"] > 0
+    assert _balanced(work / "runs" / "balance") == _balanced(tmp_path / "local")
