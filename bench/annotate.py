@@ -8,6 +8,15 @@ to --models-dir (about 2.5 GB; reused by later runs) and loads them through the 
 Inputs are the shared real photos (generated photo-like pictures without ../shared/data) re-encoded as the download stage stores them (JPEG, shorter side
 384), repeated to --images. Per-scorer figures are measured with a device sync after each scorer;
 "decode+views" is the thread pool alone; "whole stage" is the runner end to end (decode overlapped).
+The face counter is measured twice: MODELS.toml's (the Haar cascade unless it configures YuNet) and
+YuNet (a random-weight graph of its layers, --models-dir/yunet-random.onnx), each with a whole-stage line.
+"arrow/parquet I/O" reads the images as an annotate task reads its chunk, builds the annotated table and
+writes the shard (zstd parquet, rejected rows, marker). "left beside a GPU" sums, per image, the CPU work
+that stays on the CPU when the models are on a GPU: decode + views, Arrow/parquet I/O, and the scorers
+without a GPU path (the token counter, the Haar face counter; torch models move to the GPU and onnxruntime
+graphs, nudenet and YuNet, run on its CUDA provider with the `gpu` extra); with one torch thread and one
+decode worker each part is CPU time. "scorer waits for its next batch" is the time the whole-stage run
+spent waiting for the batch decoded while the previous one was scored.
 Prints one line per figure; GPU lines only where torch sees a GPU.
 """
 
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import tempfile
 import time
@@ -89,7 +99,99 @@ def restricted(cfg, only: list[str]):
     return dataclasses.replace(cfg, **values)
 
 
-def bench_device(device: str, models_toml: str, images: list[bytes], texts: list[str], batch_size: int, workers: int, only: list[str], gpu_decode: bool = True) -> None:
+def _rate(n: int, seconds: float) -> str:
+    """``IMAGES/s  MS ms/image``."""
+    return f"{n / seconds:9.1f} images/s {1000 * seconds / n:8.2f} ms/image"
+
+
+def _faces_label(cfg) -> str:
+    return f"faces ({cfg.faces.detector})" if cfg.faces is not None else "faces"
+
+
+def random_yunet(models_dir: str) -> str:
+    """A random-weight graph of YuNet's layers (models.weights.random_yunet), written once."""
+    from models.weights.random_yunet import write_random_yunet
+
+    path = Path(models_dir) / "yunet-random.onnx"
+    return str(path) if path.exists() else write_random_yunet(str(path))
+
+
+def bench_faces_variant(device: str, models_toml: str, images: list[bytes], texts: list[str], batch_size: int, workers: int, only: list[str], faces) -> None:
+    """The face counter ``faces`` and the whole stage with it in place of MODELS.toml's, on the same inputs."""
+    import dataclasses
+
+    from models.config import load_models_config
+    from models.runner import AnnotationRunner, RunOptions
+
+    cfg = dataclasses.replace(restricted(load_models_config(models_toml), only), faces=faces)
+    runner = AnnotationRunner(cfg, RunOptions(device=device, batch_size=batch_size, decode_workers=workers)).load()
+    n = len(images)
+    runner.score(images[: min(n, batch_size)], texts[: min(n, batch_size)])
+    runner.profile = True
+    scored = runner.score(images, texts)
+    scope = f"[{','.join(only)}] " if only else ""
+    print(f"{device:5s} {scope}{_faces_label(cfg):34s} {_rate(n, scored.seconds['faces'])}")
+    runner.profile = False
+    started = time.perf_counter()
+    runner.score(images, texts)
+    whole = time.perf_counter() - started
+    print(f"{device:5s} {scope}{'whole stage, ' + _faces_label(cfg):34s} {_rate(n, whole)}  (batch {batch_size})")
+    runner.close()
+
+
+GOAL_IMAGES_PER_S = 1_500  # one H100-class GPU
+
+
+def stays_on_cpu(scorer) -> bool:
+    """Whether a scorer's work stays on the CPU when the models are on a GPU (it has no GPU path)."""
+    from models.faces import HaarFaceCounter
+    from models.tokens import TokenCounter
+
+    return isinstance(scorer, (HaarFaceCounter, TokenCounter))
+
+
+def io_seconds(images: list[bytes], texts: list[str], scored) -> float:
+    """Seconds to read ``images`` as an annotate task reads its chunk (parquet, only its columns), hand
+    them to the runner as Python lists, build the annotated table and write the shard (data, rejected,
+    marker) as the stage does."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.stage import StageDir, rejected_table
+    from jobs.stages.annotate import STAGE, Chunk, annotated_table, read_chunk, rejected_rows
+
+    uids = [hashlib.md5(f"{t}{i}".encode()).hexdigest() for i, t in enumerate(texts)]
+    table = pa.table({
+        "uid": uids, "url": [f"https://img.example.com/{u}.jpg" for u in uids], "text": texts,
+        "width": pa.array([1000] * len(texts), pa.int32()), "height": pa.array([800] * len(texts), pa.int32()),
+        "image_bytes": pa.array(images, pa.binary()), "image_phash": [f"{i:016x}" for i in range(len(texts))],
+        "sha256": [hashlib.sha256(b).hexdigest() for b in images], "md5": [hashlib.md5(b).hexdigest() for b in images],
+    })  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        source = str(Path(folder) / "unique.parquet")
+        pq.write_table(table, source, compression="zstd")
+        stage = StageDir(str(Path(folder) / "annotate"), STAGE)
+        stage.prepare()
+        started = time.perf_counter()
+        chunk = read_chunk(Chunk(0, source, 0, 0, len(texts)))
+        chunk.column("image_bytes").to_pylist(), chunk.column("text").to_pylist()
+        kept = annotated_table(chunk, scored)
+        stage.write_shard("part-00000-0000", kept, rejected_table(rejected_rows(chunk, scored), STAGE), rows_in=chunk.num_rows)
+        return time.perf_counter() - started
+
+
+def print_left_beside_gpu(device: str, label: str, left: dict[str, float]) -> None:
+    """``DEVICE  left beside a GPU  MS ms/image  (N cores per GPU at 1,500 images/s)``, then its parts."""
+    total = sum(left.values())
+    cores = math.ceil(total * GOAL_IMAGES_PER_S / 1000)
+    print(f"{device:5s} {label}  {total:.2f} ms/image  ({cores} cores per GPU at {GOAL_IMAGES_PER_S:,} images/s)")
+    print(f"{device:5s}   = " + " + ".join(f"{name} {ms:.2f}" for name, ms in left.items()))
+
+
+def bench_device(device: str, models_toml: str, images: list[bytes], texts: list[str], batch_size: int, workers: int, only: list[str], gpu_decode: bool = True) -> dict[str, float]:
+    """Prints the device's lines; returns the ms per image of each part left beside a GPU."""
     import torch
 
     from models.config import load_models_config
@@ -108,14 +210,21 @@ def bench_device(device: str, models_toml: str, images: list[bytes], texts: list
     runner._prepare(images)
     decode = time.perf_counter() - started
     where = "nvJPEG + GPU resize" if runner.decodes_on_gpu else f"{workers} threads"
-    print(f"{device:5s} {scope}{'decode+views':26s} {n / decode:9.1f} images/s  ({where}; {label})")
+    print(f"{device:5s} {scope}{'decode+views':34s} {_rate(n, decode)}  ({where}; {label})")
+    left = {"decode+views": 1000 * decode / n}  # ms per image of the CPU work left beside a GPU
 
     runner.profile = True
     scored = runner.score(images, texts)
     for scorer in runner.scorers:
         seconds = scored.seconds.get(scorer.name, 0.0)
-        print(f"{device:5s} {scope}{scorer.name:26s} {n / seconds:9.1f} images/s")
+        name = _faces_label(cfg) if scorer.name == "faces" else scorer.name
+        print(f"{device:5s} {scope}{name:34s} {_rate(n, seconds)}")
+        if stays_on_cpu(scorer):
+            left[name] = 1000 * seconds / n
     runner.profile = False
+    io = io_seconds(images, texts, scored)
+    print(f"{device:5s} {scope}{'arrow/parquet I/O':34s} {_rate(n, io)}")
+    left["arrow/parquet I/O"] = 1000 * io / n
 
     started = time.perf_counter()
     scored = runner.score(images, texts)
@@ -123,8 +232,13 @@ def bench_device(device: str, models_toml: str, images: list[bytes], texts: list
         torch.cuda.synchronize()
     whole = time.perf_counter() - started
     waited = scored.seconds.get("decode_wait", 0.0)
-    print(f"{device:5s} {scope}{'whole stage':26s} {n / whole:9.1f} images/s  (batch {batch_size}; waited {waited:.2f}s of {whole:.2f}s on decoding)")
+    name = f"whole stage, {_faces_label(cfg)}" if any(x.name == "faces" for x in runner.scorers) else "whole stage"
+    print(f"{device:5s} {scope}{name:34s} {_rate(n, whole)}  (batch {batch_size})")
+    print(f"{device:5s} {scope}{'scorer waits for its next batch':34s} {waited:9.2f} s of {whole:.2f} s ({100 * waited / whole:.0f} %)")
+    if not device.startswith("cuda"):
+        print_left_beside_gpu(device, f"{scope}left beside a GPU", left)
     runner.close()
+    return left
 
 
 def main() -> None:
@@ -151,7 +265,15 @@ def main() -> None:
             print("cuda  no GPU visible to torch: GPU figures not measured")
             continue
         only = [n.strip() for n in args.only.split(",") if n.strip()]
-        bench_device(device, models_toml, images, texts, args.batch_size, args.decode_workers, only, not args.cpu_decode)
+        left = bench_device(device, models_toml, images, texts, args.batch_size, args.decode_workers, only, not args.cpu_decode)
+        if not only or "faces" in only:  # the YuNet counter beside MODELS.toml's (the Haar cascade by default)
+            from models.faces import FacesSpec
+
+            yunet = FacesSpec(detector="yunet", weights=random_yunet(models_dir))
+            bench_faces_variant(device, models_toml, images, texts, args.batch_size, args.decode_workers, only, yunet)
+            haar = [name for name in left if name.startswith("faces")]
+            if device == "cpu" and haar:  # YuNet runs on the GPU (onnxruntime's CUDA provider): it leaves the sum
+                print_left_beside_gpu(device, "left beside a GPU, faces (yunet)", {k: v for k, v in left.items() if k not in haar})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""NSFW scores with onnxruntime.
+"""NSFW scores with onnxruntime (models.onnx_graph: whole batches, on CUDA with the ``gpu`` extra).
 
 - ``nsfw_score_nudenet`` (on by default, offline): the YOLOv8 detector nudenet ships (320n.onnx) with
   nudenet's own preprocessing (pad right/bottom to a square, resize to 320, / 255, channels in the order
@@ -24,6 +24,7 @@ import numpy as np
 from curation.storage import StorageOptions
 from models import weights
 from models.base import ImageTextBatch, ModelError, ViewSpec, as_numpy, file_field
+from models.onnx_graph import batched_session, onnx_session
 
 NUDENET_LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -64,17 +65,6 @@ def nudenet_model_path() -> str:
     return os.path.join(os.path.dirname(nudenet.__file__), "320n.onnx")
 
 
-def onnx_session(path: str, device: str):
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=providers)
-
-
 class NudenetScorer:
     columns = ("nsfw_score_nudenet",)
     provides: tuple[str, ...] = ()
@@ -86,6 +76,7 @@ class NudenetScorer:
         self.options = options
         self.views = (ViewSpec("letterbox", spec.image_size),)
         self.session = None
+        self.batched = False
         self.explicit = np.array([NUDENET_LABELS.index(c) for c in NUDENET_EXPLICIT])
 
     @property
@@ -96,7 +87,10 @@ class NudenetScorer:
         return f"nudenet detector {'(shipped 320n.onnx)' if not self.spec.weights else self.spec.weights}"
 
     def load(self, device: str) -> None:
-        self.session = onnx_session(weights.local_path(self.name, self.weights_uri, self.options), device)
+        size = self.spec.image_size
+        probe = np.random.default_rng(0).random((2, 3, size, size), np.float32)
+        path = weights.local_path(self.name, self.weights_uri, self.options)
+        self.session, self.batched = batched_session(path, device, probe)  # the shipped graph takes any batch
         self.input_name = self.session.get_inputs()[0].name
 
     def raw_outputs(self, pixels: np.ndarray) -> np.ndarray:
@@ -104,7 +98,10 @@ class NudenetScorer:
         # channels reversed: what NudeDetector.detect(path) feeds its model (imread BGR, then a
         # COLOR_RGBA2BGR swap and blobFromImage(swapRB=True) swap again)
         x = np.ascontiguousarray(pixels[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
-        out = self.session.run(None, {self.input_name: x})[0]
+        if self.batched:
+            out = self.session.run(None, {self.input_name: x})[0]
+        else:
+            out = np.concatenate([self.session.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))])
         if out.ndim != 3 or out.shape[1] != 4 + len(NUDENET_LABELS):
             raise ModelError(f"model {self.name!r}: expected {4 + len(NUDENET_LABELS)} output rows, got {out.shape}")
         return out

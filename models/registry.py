@@ -21,7 +21,7 @@ from curation.storage import StorageOptions
 from models import weights
 from models.base import MissingWeightsError, ModelError, Scorer, spec_files
 from models.clip import ClipScorer, ClipSpec
-from models.faces import FacesSpec, HaarFaceCounter
+from models.faces import FacesSpec, face_counter
 from models.heads import AestheticScorer, HeadSpec, WatermarkScorer, WatermarkSpec
 from models.nsfw import NudenetScorer, NudenetSpec, OnnxNsfwScorer, OnnxSpec
 from models.tokens import TokenCounter, TokensSpec
@@ -125,7 +125,14 @@ SCORERS: tuple[ScorerEntry, ...] = (
     ScorerEntry("nsfw_gantman", OnnxSpec, lambda spec, ctx: OnnxNsfwScorer(ctx.name, "gantman", spec, ctx.options),
                 how_to_get=ONNX_HINT),
     ScorerEntry("nsfw_nudenet", NudenetSpec, lambda spec, ctx: NudenetScorer(ctx.name, spec, ctx.options), NudenetSpec()),
-    ScorerEntry("faces", FacesSpec, lambda spec, ctx: HaarFaceCounter(ctx.name, spec), FacesSpec()),
+    ScorerEntry(
+        "faces", FacesSpec, lambda spec, ctx: face_counter(ctx.name, spec, ctx.options), FacesSpec(),
+        checkpoint=_checkpoint(
+            "face_detection_yunet_2023mar.onnx",
+            "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
+            "MIT (OpenCV model zoo, YuNet)", detector="yunet",
+        ),
+    ),
     ScorerEntry("tokens", TokensSpec, lambda spec, ctx: TokenCounter(ctx.name, spec, ctx.options), TokensSpec()),
 )  # fmt: skip
 

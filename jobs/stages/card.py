@@ -242,12 +242,15 @@ def model_licences(run: RunRecord) -> list[tuple[str, str, str]]:
         filled = [columns[c] for c in REGISTRY.columns[section] if c in columns and not columns[c].startswith("null")]
         if not filled:
             continue
-        if run.random_models and entry.checkpoint is not None:
+        # a section with both (faces: the shipped Haar cascade, or fetched YuNet) used the checkpoint
+        # when what filled the column names its file
+        shipped = section in SHIPPED_BY and (entry.checkpoint is None or entry.checkpoint.filename not in filled[0])
+        if shipped:
+            licence = _licence_of_package(SHIPPED_BY[section])
+        elif run.random_models and entry.checkpoint is not None:
             licence = "random weights: no trained checkpoint (scores meaningless)"
         elif entry.checkpoint is not None:
             licence = f"{entry.checkpoint.licence}, the licence of the public checkpoint {entry.checkpoint.filename}"
-        elif section in SHIPPED_BY:
-            licence = _licence_of_package(SHIPPED_BY[section])
         else:
             licence = "not recorded: the licence of the weights this run configured"
         rows.append((section, filled[0], licence))

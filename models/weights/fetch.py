@@ -338,9 +338,10 @@ def write_models_toml(root: Path, ledger: dict[str, dict]) -> str:
         "[nsfw_nudenet]                # nsfw_score_nudenet: the detector nudenet ships",
         "enabled = true",
         "",
-        "[faces]                       # num_faces: OpenCV's shipped Haar cascade",
-        'detector = "opencv-haar"',
-        "",
+    ]
+    if "faces" not in names:
+        lines += ["[faces]                       # num_faces: OpenCV's shipped Haar cascade", 'detector = "opencv-haar"', ""]
+    lines += [
         "[tokens]                      # num_tokens_bert / num_tokens_gpt: vocabularies blingfire ships",
         "enabled = true",
         "",

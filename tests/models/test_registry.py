@@ -133,4 +133,5 @@ def test_the_shipped_table_is_the_registry_the_module_functions_use():
     ]  # fmt: skip
     assert REGISTRY.how_to_get("watermark") == "`curation models fetch DIR --only watermark` (README, 'Models')"
     assert REGISTRY.how_to_get("nsfw_gantman") == "convert the Keras model to ONNX (README, 'Models')"
-    assert REGISTRY.how_to_get("faces") is None
+    assert REGISTRY.how_to_get("faces") == "`curation models fetch DIR --only faces` (README, 'Models')"  # YuNet
+    assert REGISTRY.how_to_get("tokens") is None

@@ -31,7 +31,14 @@ def _aesthetic_standin() -> bytes:
 def _standins() -> dict[str, bytes]:
     rng = torch.Generator().manual_seed(1)
     other = {name: torch.randint(0, 256, (40_000 + 1000 * i,), generator=rng, dtype=torch.uint8).numpy().tobytes() for i, name in enumerate(SOURCES)}
-    return other | {"aesthetic_laion_v2": _aesthetic_standin()}
+    return other | {"aesthetic_laion_v2": _aesthetic_standin(), "faces": _yunet_standin()}
+
+
+def _yunet_standin() -> bytes:
+    """A graph with YuNet's layers and interface (random weights)."""
+    from models.weights.random_yunet import yunet_graph
+
+    return yunet_graph().SerializeToString()
 
 
 class RangeHandler(ImageHandler):
@@ -107,12 +114,13 @@ def test_canonical_sources_are_public_https_files_named_in_code():
 
 def test_fetch_verifies_records_and_writes_a_models_toml_the_production_loader_uses(mirror, tmp_path):
     from models.config import load_models_config
+    from models.faces import YuNetFaceCounter
     from models.heads import AestheticScorer
     from models.registry import L14_EMBEDDING, check_weights
 
     reported = []
     path = fetch_models(str(tmp_path), _opts(mirror), reported.append)
-    assert [f.action for f in reported] == ["downloaded"] * 4
+    assert [f.action for f in reported] == ["downloaded"] * len(SOURCES)
     files = mirror._server.files
     for source in SOURCES.values():
         data = (tmp_path / source.filename).read_bytes()
@@ -122,6 +130,8 @@ def test_fetch_verifies_records_and_writes_a_models_toml_the_production_loader_u
     assert cfg.clip_vitb32.arch == "ViT-B-32" and cfg.clip_vitb32.quick_gelu and cfg.clip_vitl14.arch == "ViT-L-14"
     assert cfg.watermark.arch == "efficientnet_b3a" and cfg.nsfw_nudenet.enabled
     AestheticScorer("aesthetic_laion_v2", cfg.aesthetic_laion_v2, L14_EMBEDDING).load("cpu")  # the real .pth format
+    assert cfg.faces.detector == "yunet" and cfg.faces.weights.endswith("face_detection_yunet_2023mar.onnx")
+    YuNetFaceCounter("faces", cfg.faces).load("cpu")
     ledger = fetch.read_ledger(tmp_path)
     assert ledger["watermark"]["sha256"] == hashlib.sha256(files[_path("watermark")]).hexdigest()
     assert not list(tmp_path.glob(".*.part"))
@@ -129,7 +139,7 @@ def test_fetch_verifies_records_and_writes_a_models_toml_the_production_loader_u
     before = len(mirror.requests)
     again = []
     fetch_models(str(tmp_path), _opts(mirror), again.append)
-    assert [f.action for f in again] == ["verified"] * 4 and len(mirror.requests) == before  # nothing fetched twice
+    assert [f.action for f in again] == ["verified"] * len(SOURCES) and len(mirror.requests) == before  # nothing fetched twice
 
 
 def test_a_truncated_transfer_is_an_error_and_the_rerun_resumes_it_with_a_range_request(mirror, tmp_path):
