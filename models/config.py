@@ -13,7 +13,8 @@ does not exist stops the stage with an error naming the model and the file.
     [aesthetic_laion_v2]          # aesthetic_score_laion_v2, on the ViT-L/14 embedding: needs [clip_vitl14]
     weights = "sac+logos+ava1-l14-linearMSE.pth"
     [faces]                       # num_faces; default OpenCV's bundled Haar cascade, "none" switches it off
-    detector = "opencv-haar"
+    detector = "yunet"            # YuNet, batched: `curation models fetch DIR --only faces`
+    weights = "face_detection_yunet_2023mar.onnx"
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ import numpy as np
 from curation.storage import StorageOptions
 from models import weights
 from models.base import ImageTextBatch, ModelError, ViewSpec, as_numpy, file_field
-from models.onnx_graph import batched_session, on_cuda
+from models.onnx_graph import batched_session, run_batched
 
 CASCADE = "haarcascade_frontalface_default.xml"
 FACE_DETECTORS = ("opencv-haar", "yunet", "none")
 YUNET_STRIDES = (8, 16, 32)
 YUNET_DIVISOR = 32  # FaceDetectorYN pads its input right/bottom to a multiple of this
-CPU_CHUNK = 4
+CPU_CHUNK = 4  # images per onnxruntime run on the CPU (the fastest on one core)
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,7 @@ class YuNetFaceCounter:
         x = np.zeros((n, 3, _padded(height), _padded(width)), np.float32)
         x[:, :, :height, :width] = pixels[..., ::-1].transpose(0, 3, 1, 2)  # BGR, as FaceDetectorYN feeds it
         names = [o.name for o in self.session.get_outputs()]
-        # the GPU takes the whole batch; on the CPU a few images per run keep the feature maps in cache
-        step = (n if on_cuda(self.session) else CPU_CHUNK) if self.batched else 1
-        runs = [self.session.run(names, {self.input_name: x[i : i + step]}) for i in range(0, n, step)]
-        return {name: np.concatenate([r[k] for r in runs]) for k, name in enumerate(names)}
+        return dict(zip(names, run_batched(self.session, x, self.batched, CPU_CHUNK), strict=True))
 
     def detect(self, pixels: np.ndarray, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
         """Per letterboxed view, FaceDetectorYN's (faces, 15) rows (box x, y, w, h, 5 landmarks, score)

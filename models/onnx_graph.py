@@ -48,6 +48,16 @@ def on_cuda(session) -> bool:
     return "CUDAExecutionProvider" in session.get_providers()
 
 
+def run_batched(session, x: np.ndarray, batched: bool, cpu_chunk: int) -> list[np.ndarray]:
+    """Every output of ``session`` for the inputs ``x`` (N, ...), concatenated over N. On CUDA the whole
+    batch goes in one run; on the CPU ``cpu_chunk`` images per run keep the feature maps in cache (the
+    results do not depend on the split); a graph that does not take batches gets one image per run."""
+    step = (len(x) if on_cuda(session) else cpu_chunk) if batched else 1
+    name = session.get_inputs()[0].name
+    runs = [session.run(None, {name: x[i : i + step]}) for i in range(0, len(x), max(1, step))]
+    return [np.concatenate([r[k] for r in runs]) for k in range(len(runs[0]))] if runs else []
+
+
 def fixed_batch(model) -> bool:
     """Whether the graph's first input has a fixed batch dimension of 1."""
     dim = model.graph.input[0].type.tensor_type.shape.dim
