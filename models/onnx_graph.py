@@ -5,8 +5,9 @@ onnxruntime has it (the ``gpu`` extra, onnxruntime-gpu), else on the CPU. On the
 threads as torch does (the runner sets torch's to ``[annotate] cpu_threads``; OMP_NUM_THREADS=1 gives 1),
 so N Spark tasks on N cores do not each start a thread per core.
 
-A graph exported with its batch dimension fixed at 1 (YuNet's release) is rewritten to take any batch:
-the input's and outputs' first dimension made symbolic, and every constant Reshape target that starts
+A graph exported with its batch dimension fixed at 1 (YuNet's release), or its input size fixed, is
+rewritten to take any batch and size: the input's batch, height and width and the outputs' batch and
+location dimensions made symbolic, and every constant Reshape target that starts
 with 1, on a tensor computed from the input's values, made to copy the batch dimension instead (0). ``batched_session`` checks the rewrite on two
 different inputs against runs of one image each and falls back to one image per run if they differ.
 """
@@ -59,9 +60,9 @@ def run_batched(session, x: np.ndarray, batched: bool, cpu_chunk: int) -> list[n
 
 
 def fixed_batch(model) -> bool:
-    """Whether the graph's first input has a fixed batch dimension of 1."""
+    """Whether the graph's first input fixes its batch dimension (or, for an image, its height or width)."""
     dim = model.graph.input[0].type.tensor_type.shape.dim
-    return len(dim) > 0 and dim[0].HasField("dim_value") and dim[0].dim_value == 1
+    return any(i < len(dim) and dim[i].HasField("dim_value") for i in (0, 2, 3))
 
 
 def dynamic_batch(model):
@@ -119,8 +120,10 @@ def _copy_batch_dim(tensor) -> None:
 def batched_session(path: str, device: str, probe: np.ndarray) -> tuple[object, bool]:
     """(session, batched): a session that takes whole batches when the graph allows it.
 
-    ``probe``: two different inputs (2, C, H, W); the rewritten graph's outputs for both at once must
-    equal the released graph's for each alone, else it is run one image at a time (``batched`` False)."""
+    ``probe``: two different inputs (2, C, H, W) of the size the scorer feeds. The rewritten graph's
+    outputs for both at once must equal the released graph's for each alone (or, where the released
+    graph does not take that size, its own for each alone); else the released graph runs one image at a
+    time (``batched`` False). A graph that runs neither way at that size is refused."""
     import onnx
 
     model = onnx.load(path)
@@ -128,18 +131,30 @@ def batched_session(path: str, device: str, probe: np.ndarray) -> tuple[object, 
         return onnx_session(path, device), True
     original = onnx_session(path, device)
     name = original.get_inputs()[0].name
+    alone = _runs(original, name, probe)
     try:
         session = onnx_session(dynamic_batch(model).SerializeToString(), device)
         together = session.run(None, {name: probe})
-        alone = [original.run(None, {name: probe[i : i + 1]}) for i in range(len(probe))]
-        same = all(
-            np.allclose(t, np.concatenate([a[k] for a in alone]), rtol=1e-4, atol=1e-4)
-            for k, t in enumerate(together)
-        )
+        alone = alone or _runs(session, name, probe)
     except Exception as e:  # noqa: BLE001 - any failure of the rewritten graph means: not batchable
+        if alone is None:
+            raise ValueError(f"{path} does not run on inputs of shape {probe.shape[1:]}: {e}") from e
         log.warning("%s: the graph does not run batched (%s); one image per run", path, e)
         return original, False
+    same = alone is not None and all(
+        np.allclose(t, np.concatenate([a[k] for a in alone]), rtol=1e-4, atol=1e-4) for k, t in enumerate(together)
+    )
     if not same:
+        if alone is None:
+            raise ValueError(f"{path} does not run on inputs of shape {probe.shape[1:]}")
         log.warning("%s: batched outputs differ from one-image runs; one image per run", path)
         return original, False
     return session, True
+
+
+def _runs(session, name: str, probe: np.ndarray) -> list | None:
+    """The outputs for each probe input alone, or None where the session cannot run them."""
+    try:
+        return [session.run(None, {name: probe[i : i + 1]}) for i in range(len(probe))]
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types
+        return None

@@ -120,6 +120,23 @@ def test_a_fixed_batch_graph_is_rewritten_to_take_whole_batches(yunet_file, tmp_
     assert batched and session.run(None, {"input": x})[0].shape[0] == 3
 
 
+def test_a_graph_exported_for_one_input_size_counts_images_of_every_cut(yunet_file, tmp_path):
+    import onnx
+
+    model = onnx.load(yunet_file)
+    for i, size in ((2, 320), (3, 320)):
+        model.graph.input[0].type.tensor_type.shape.dim[i].dim_value = size
+    path = str(tmp_path / "yunet-320x320.onnx")
+    onnx.save(model, path)
+    photos = [_stored(data) for _, data in photo_files(6)]
+    fixed = YuNetFaceCounter("faces", FacesSpec(detector="yunet", weights=path))
+    fixed.load("cpu")
+    free = YuNetFaceCounter("faces", FacesSpec(detector="yunet", weights=yunet_file))
+    free.load("cpu")
+    batch = _batch(photos, free.views)
+    assert fixed.batched and fixed.score(batch)["num_faces"].tolist() == free.score(batch)["num_faces"].tolist()
+
+
 def test_nudenets_graph_with_its_batch_fixed_runs_batched_after_the_rewrite(photos, tmp_path):
     """The same rewrite on a second real graph: nudenet's YOLOv8 with its batch dimension set to 1."""
     import onnx
