@@ -185,3 +185,19 @@ def test_select_without_materialize_writes_no_card(tmp_path):
     make_run(tmp_path / "run")
     job.run(None, load_config(None, {}), str(tmp_path / "run" / "annotate"), "non-face", str(tmp_path / "out"))
     assert not (tmp_path / "out" / "README.md").exists()
+
+
+@pytest.mark.parametrize("detector,random_models,expected", [
+    ("opencv-haar", None, "(shipped with opencv-python-headless "),
+    ("opencv-haar", "random/", "(shipped with opencv-python-headless "),  # the shipped cascade is no random-weight model
+    ("yunet", None, "MIT (OpenCV model zoo, YuNet), the licence of the public checkpoint face_detection_yunet_2023mar.onnx"),
+    ("yunet", "random/", "random weights: no trained checkpoint (scores meaningless)"),
+])  # fmt: skip
+def test_the_face_counters_licence_is_yunets_checkpoint_or_opencvs_package(detector, random_models, expected):
+    from jobs.stages.card import RunRecord, model_licences
+    from models.faces import FacesSpec, face_counter
+
+    weights = "w/face_detection_yunet_2023mar.onnx" if detector == "yunet" else None
+    described = face_counter("faces", FacesSpec(detector=detector, weights=weights)).describe()
+    rows = model_licences(RunRecord(annotate={"columns": {"num_faces": described}}, random_models=random_models))
+    assert expected in {r[0]: r[2] for r in rows}["faces"]
