@@ -6,6 +6,7 @@ shared stops at planning. The processes are stopped by their own pids."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.crawl.reader import extract_file
+from curation.sample.crawl_files import write_sample
 from jobs.stages.config import load_config
 from curation.stage import REJECTED_DIR, StageDir
 from jobs import balance, pipeline
@@ -48,8 +51,20 @@ def _write_config(folder: Path, port: int, shared: bool) -> Path:
     text = text.replace("timeout_s = 5.0", "timeout_s = 60.0")  # a busy machine: slow is not a failure here
     text = text.replace("sample_pages = 300", f"sample_pages = 36\nsample_image_port = {port}")
     text += f"\n[storage]\nshared_local_paths = {'true' if shared else 'false'}\n"
+    text += f'\n[[safety.lists]]\nname = "blocked-sample-urls"\npath = "{_blocked_urls(folder, port)}"\nkind = "url_md5"\n'
     path = folder / "cluster.toml"
     path.write_text(text)
+    return path
+
+
+def _blocked_urls(folder: Path, port: int, every: int = 5) -> Path:
+    """A url_md5 safety list holding every ``every``-th image URL of the sample the run will write."""
+    sample = folder / "blocked-sample"
+    manifest = write_sample(str(sample), pages=36, image_host=f"http://127.0.0.1:{port}")
+    urls = sorted({u for f in manifest["files"] for u in extract_file(f).urls})
+    path = folder / "blocked-urls.txt"
+    path.write_text("# sample URLs the run must never request\n"
+                    + "".join(hashlib.md5(u.encode()).hexdigest() + "\n" for u in urls[::every]))
     return path
 
 
@@ -83,6 +98,7 @@ def test_relative_run_root_on_a_standalone_cluster_equals_a_local_run(cluster, s
     manifest = json.loads((run / "_manifest.json").read_text())
     assert manifest["master"] == cluster and manifest["run_root"] == str(run)
     assert manifest["stages"]["extract"]["rows_in"] > 0 and manifest["stages"]["annotate"]["rows_out"] > 0
+    assert manifest["stages"]["download"]["rejected"].get("blocklisted_url", 0) > 0  # the safety list applied on the executors
     executor_dirs = [p for p in base.glob("work*/app-*/*") if p.is_dir()]
     assert executor_dirs  # the executors ran in work folders of their own...
     assert not [p for d in executor_dirs for p in d.rglob("runs")]  # ...and wrote nothing there
