@@ -104,7 +104,7 @@ def _require_pdqhash() -> None:
         import pdqhash  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "a pdq safety list needs the pdqhash package (pip install 'pdqhash==0.2.8', in the bench extra; "
+            "a pdq safety list needs the pdqhash package (pip install -e '.[safety]', i.e. pdqhash==0.2.8; "
             "it builds with a C++ compiler)"
         ) from None
 
