@@ -20,6 +20,7 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +31,9 @@ from curation.stage import DATA, REJECTED_DIR, STATS, StageDir, read_parquet
 from curation.storage import StorageOptions
 from models.registry import REGISTRY
 from schemas import ANNOTATED, DETAIL, REASON, Reason
+
+if TYPE_CHECKING:  # the report module (and its charting) is imported only when a card reads a funnel
+    from jobs.stages.report import StageSummary
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,6 @@ _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K
 
 
 @dataclass(frozen=True)
-class StageRow:
-    name: str
-    rows_in: int
-    rows_out: int
-    rejected: dict[str, int]
-
-
-@dataclass(frozen=True)
 class SafetyRow:
     name: str
     kind: str
@@ -65,7 +61,7 @@ class RunRecord:
     """What the run's own files say about the selection's input."""
 
     annotate: dict | None = None  # the annotate stage's _stats.json (None: the input is not a stage folder)
-    funnel: list[StageRow] = field(default_factory=list)
+    funnel: list[StageSummary] = field(default_factory=list)
     safety: list[SafetyRow] = field(default_factory=list)
     random_models: str | None = None  # where random-weight models came from, when any score did
 
@@ -98,12 +94,12 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def read_funnel(run_root: str, options: StorageOptions | None) -> list[StageRow]:
+def read_funnel(run_root: str, options: StorageOptions | None) -> list[StageSummary]:
     """Every stage folder of the run root, in the run manifest's order (the report's reading of a run)."""
     from jobs.stages.report import summaries  # the report's charts are not needed here
 
     try:
-        return [StageRow(s.name, s.rows_in, s.rows_out, dict(s.rejected)) for s in summaries(run_root, options)]
+        return summaries(run_root, options)
     except InputError as e:
         log.warning("dataset card: no upstream funnel (%s)", e)
         return []
